@@ -1,0 +1,34 @@
+# The commands the README names. Each target installs what it needs from the project's files.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV_VERSION := 0.13.8
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+RUN ?= examples/quickstart.yaml
+
+.PHONY: help setup quickstart test test-unit test-integration lint clean
+
+help:
+	@echo "make quickstart   install, then run examples/quickstart.yaml on this machine (CPU)"
+	@echo "make test         install, then run the whole test suite"
+
+$(UV):
+	$(PYTHON) -m pip install --user --quiet uv==$(UV_VERSION)
+
+.venv/.synced: uv.lock pyproject.toml operator/pyproject.toml trainer/pyproject.toml | $(UV)
+	$(UV) sync --frozen --all-packages
+	touch $@
+
+setup: .venv/.synced
+
+quickstart: setup
+	.venv/bin/selfreward run $(RUN)
+
+test: setup
+	.venv/bin/python -m pytest tests
+
+test-unit: setup
+	.venv/bin/python -m pytest tests/unit
+
+clean:
+	rm -rf .venv .selfreward runs
