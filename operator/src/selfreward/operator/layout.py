@@ -1,0 +1,35 @@
+"""Where each artifact of a run lives: `<storage.uri>/<namespace>/<run>/iter-<NN>/<folder>/`."""
+
+from __future__ import annotations
+
+STAGE_OUTPUTS: dict[str, dict[str, str]] = {
+    "sft": {"model": "model"},
+    "instruct": {"prompts": "prompts"},
+    "generate": {"candidates": "candidates"},
+    "judge": {"judgements": "judgements", "pairs": "pairs"},
+    "dpo": {"model": "model"},
+    "evaluate": {"evaluation": "evaluation"},
+}
+
+
+def run_root(storage_uri: str, namespace: str, run: str) -> str:
+    return f"{storage_uri.rstrip('/')}/{namespace}/{run}"
+
+
+def iteration_folder(root: str, iteration: int, folder: str) -> str:
+    return f"{root}/iter-{iteration:02d}/{folder}"
+
+
+def stage_outputs(root: str, iteration: int, stage: str) -> dict[str, str]:
+    return {name: iteration_folder(root, iteration, folder) for name, folder in STAGE_OUTPUTS[stage].items()}
+
+
+def model_uri(root: str, base_model: str, iteration: int) -> str:
+    """M_t: the base model for t = 0, else the model iteration t trained."""
+    return base_model if iteration == 0 else iteration_folder(root, iteration, "model")
+
+
+def child_name(run: str, iteration: int, stage: str, attempt: int) -> str:
+    """`<run>-i<NN>-<stage>-a<N>`, at most 63 characters (the run name is shortened if needed)."""
+    suffix = f"-i{iteration:02d}-{stage}-a{attempt}"
+    return run[: 63 - len(suffix)].rstrip("-.") + suffix

@@ -1,0 +1,101 @@
+"""`python -m selfreward.trainer <stage>[,<stage>...] --config <json | @file>`: run stage programs.
+
+Several stages that use the same model may run in one process (one engine load); each still
+writes its own manifest and prints its own summary line. The process stops at the first failure.
+Exit codes: 0 all done, 1 failed (may succeed on retry), 2 invalid config or data (will not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+from selfreward.trainer.contract import ConfigError, Stage, StageConfig, parse_configs, report
+from selfreward.trainer.data import DataError
+from selfreward.trainer.stagekit import StageResult
+from selfreward.trainer.storage import Storage
+
+EXIT_RETRYABLE = 1
+EXIT_PERMANENT = 2
+PERMANENT_ERRORS = (ConfigError, DataError)
+
+
+def _runner(stage: Stage) -> Callable[..., StageResult]:
+    from selfreward.trainer import dpo, evaluate, generate, instruct, judge, sft
+
+    return {
+        Stage.INSTRUCT: instruct.run,
+        Stage.GENERATE: generate.run,
+        Stage.JUDGE: judge.run,
+        Stage.EVALUATE: evaluate.run,
+        Stage.SFT: sft.run,
+        Stage.DPO: dpo.run,
+    }[stage]
+
+
+INFERENCE = {Stage.INSTRUCT, Stage.GENERATE, Stage.JUDGE, Stage.EVALUATE}
+
+
+def run_stage(config: StageConfig, storage: Storage) -> dict[str, Any]:
+    started = time.monotonic()
+    base = {"stage": config.stage.value, "iteration": config.iteration, "attempt": config.attempt}
+    try:
+        if config.stage in INFERENCE:
+            from selfreward.trainer.backends import open_backend
+
+            def resource(uri: str):
+                return open_backend(storage.local_folder(uri), config.random_seed, processes=config.processes)
+        else:
+            resource = storage.local_folder
+        result = _runner(config.stage)(config, storage, resource)
+    except Exception as error:  # the boundary: every failure becomes a summary with a reason
+        traceback.print_exc(file=sys.stderr)
+        return {
+            **base,
+            "ok": False,
+            "permanent": isinstance(error, PERMANENT_ERRORS),
+            "reason": type(error).__name__,
+            "error": str(error)[:2000],
+        }
+    return {
+        **base,
+        "ok": True,
+        "seconds": round(time.monotonic() - started, 1),
+        "shards": [{"index": s.index, "skipped": s.skipped} for s in result.shards],
+        "metrics": result.metrics(),
+        "outputs": config.outputs,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m selfreward.trainer", description=__doc__.splitlines()[0])
+    parser.add_argument("stages", help="stage name, or several joined by commas: " + ", ".join(s.value for s in Stage))
+    parser.add_argument("--config", required=True, help="stage config as JSON, or @path to a JSON file")
+    args = parser.parse_args(argv)
+    try:
+        names = [Stage(name) for name in args.stages.split(",")]
+        configs = parse_configs(args.config)
+        if [c.stage for c in configs] != names:
+            raise ConfigError(f"stages {args.stages!r} do not match the config's stages {[c.stage.value for c in configs]}")
+    except (ConfigError, ValueError) as error:
+        report({"stage": args.stages, "ok": False, "permanent": True, "reason": "InvalidConfig", "error": str(error)})
+        return EXIT_PERMANENT
+    storage = Storage(configs[0].storage.options())
+    try:
+        for config in configs:
+            summary = run_stage(config, storage)
+            report(summary)
+            if not summary["ok"]:
+                return EXIT_PERMANENT if summary["permanent"] else EXIT_RETRYABLE
+    finally:
+        from selfreward.trainer.backends import close_all
+
+        close_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The stage contract: what a stage program is given (StageConfig) and what it reports (summary).
+
+Every step of a run is `python -m selfreward.trainer <stage> --config <json>`. The config names
+the input and output URIs explicitly, carries the spec sections the stage needs (already
+defaulted by the CRD schema) and the shard index and count. The program prints one JSON line,
+its summary, which also goes to the pod's termination message (at most 4 KiB): the operator
+reads results from there and needs no storage credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from selfreward.trainer.storage import StorageOptions
+
+TERMINATION_LOG = Path("/dev/termination-log")
+TERMINATION_LIMIT = 4096
+SHARD_INDEX_ENV = "JOB_COMPLETION_INDEX"
+
+
+class Stage(str, Enum):
+    INSTRUCT = "instruct"
+    GENERATE = "generate"
+    JUDGE = "judge"
+    SFT = "sft"
+    DPO = "dpo"
+    EVALUATE = "evaluate"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class StorageConfig(_Strict):
+    endpoint: str | None = None
+    region: str | None = None
+    addressing_style: str = Field("auto", alias="addressingStyle")
+
+    def options(self) -> StorageOptions:
+        return StorageOptions(self.endpoint, self.region, self.addressing_style)
+
+
+class StageConfig(_Strict):
+    """One stage of one iteration. `shards` lists the shard indexes this process runs."""
+
+    stage: Stage
+    run: str
+    namespace: str
+    iteration: int = Field(ge=1)
+    attempt: int = Field(1, ge=1)
+    inputs: dict[str, str | list[str]]
+    outputs: dict[str, str]
+    shard_count: int = Field(1, alias="shardCount", ge=1)
+    shards: list[int] | None = None
+    random_seed: int = Field(alias="randomSeed")
+    processes: int = Field(1, ge=1, description="processes per pod: tensor-parallel size for inference")
+    spec: dict[str, Any]
+    storage: StorageConfig = StorageConfig()
+
+    @model_validator(mode="after")
+    def _shards_in_range(self) -> "StageConfig":
+        for index in self.shards or []:
+            if not 0 <= index < self.shard_count:
+                raise ValueError(f"shard {index} is outside 0..{self.shard_count - 1}")
+        return self
+
+    def shard_indexes(self) -> list[int]:
+        """Shards to run: the config's list, else the Indexed Job's index, else all."""
+        if self.shards is not None:
+            return list(self.shards)
+        if SHARD_INDEX_ENV in os.environ:
+            return [int(os.environ[SHARD_INDEX_ENV])]
+        return list(range(self.shard_count))
+
+    def section(self, name: str) -> dict[str, Any]:
+        try:
+            return self.spec[name]
+        except KeyError as error:
+            raise ConfigError(f"config.spec.{name} is missing: stage {self.stage.value} needs it") from error
+
+    def input(self, name: str) -> str:
+        value = self.inputs.get(name)
+        if not isinstance(value, str):
+            raise ConfigError(f"config.inputs.{name} is missing or not a URI")
+        return value
+
+    def input_list(self, name: str) -> list[str]:
+        value = self.inputs.get(name, [])
+        return [value] if isinstance(value, str) else list(value)
+
+    def output(self, name: str) -> str:
+        try:
+            return self.outputs[name]
+        except KeyError as error:
+            raise ConfigError(f"config.outputs.{name} is missing") from error
+
+
+class ConfigError(ValueError):
+    """The stage config is invalid: a permanent failure, retrying cannot help."""
+
+
+def parse_configs(text: str) -> list[StageConfig]:
+    """Parse `--config`: inline JSON or @path; one object, or a list run in order."""
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text(encoding="utf-8")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--config is not valid JSON: {error}") from error
+    items = raw if isinstance(raw, list) else [raw]
+    configs = []
+    for position, item in enumerate(items):
+        try:
+            configs.append(StageConfig.model_validate(item))
+        except ValidationError as error:
+            where = f"config[{position}]" if isinstance(raw, list) else "config"
+            problems = "; ".join(
+                f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+            )
+            raise ConfigError(problems) from error
+    return configs
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The one-line JSON summary, shortened to fit a termination message."""
+    line = json.dumps(summary, separators=(",", ":"), sort_keys=True)
+    if len(line.encode()) <= TERMINATION_LIMIT:
+        return line
+    trimmed = {k: summary[k] for k in ("stage", "iteration", "ok", "error", "metrics") if k in summary}
+    trimmed["truncated"] = True
+    line = json.dumps(trimmed, separators=(",", ":"), sort_keys=True)
+    return line[:TERMINATION_LIMIT]
+
+
+def report(summary: dict[str, Any]) -> None:
+    """Print the summary on stdout and to the termination log when running in a pod."""
+    line = summary_line(summary)
+    print(line, flush=True)
+    if TERMINATION_LOG.exists():  # the kubelet creates it in pods; never create it elsewhere
+        try:
+            TERMINATION_LOG.write_text(line)
+        except OSError:
+            pass

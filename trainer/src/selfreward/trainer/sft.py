@@ -1,0 +1,75 @@
+"""Stage `sft`: M0 -> M1 by supervised fine-tuning on seed IFT (and EFT) data, loss on targets only.
+
+IFT rows train instruction following; EFT rows train judging: the input is the judge prompt
+filled with a prompt and a response, the target is the justification and the score line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from selfreward.trainer.contract import StageConfig
+from selfreward.trainer.data import EvaluationRow, InstructionRow, read_rows, score_in_range
+from selfreward.trainer.rubric import SCORE_LINE_PREFIX, render_judge_prompt
+from selfreward.trainer.stagekit import StageResult, run_single
+from selfreward.trainer.storage import Storage
+from selfreward.trainer import training
+
+
+def run(config: StageConfig, storage: Storage, model_dir_for) -> StageResult:
+    output = config.output("model")
+    return run_single(config, storage, output, lambda: _train(config, storage, model_dir_for, output))
+
+
+def conversations(
+    instructions: list[InstructionRow], evaluations: list[EvaluationRow], template: str | None
+) -> list[dict[str, Any]]:
+    """Prompt-completion rows in chat form; TRL computes the loss on completions only."""
+    rows = [_turn(row.prompt, row.response) for row in instructions]
+    rows += [
+        _turn(render_judge_prompt(row.prompt, row.response, template), f"{row.justification.strip()}\n{SCORE_LINE_PREFIX}{row.score}")
+        for row in evaluations
+    ]
+    return rows
+
+
+def _turn(user: str, assistant: str) -> dict[str, Any]:
+    return {"prompt": [{"role": "user", "content": user}], "completion": [{"role": "assistant", "content": assistant}]}
+
+
+def _train(config: StageConfig, storage: Storage, model_dir_for, output: str) -> dict[str, Any]:
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    section = config.section("sft")
+    judge = config.section("judge")
+    instructions = read_rows(storage, config.input("instructions"), InstructionRow)
+    evaluations = (
+        read_rows(storage, config.input("evaluations"), EvaluationRow,
+                  score_in_range(judge["scoreRange"]["min"], judge["scoreRange"]["max"]))
+        if section["includeEvaluations"]
+        else []
+    )
+    rows = conversations(instructions, evaluations, judge.get("template"))
+    model_dir = model_dir_for(config.input("model"))
+    scratch = training.workdir(config)
+    arguments = training.training_arguments(section, len(rows), scratch, config.random_seed)
+    trainer = SFTTrainer(
+        model=training.load_model(model_dir, section["dropout"]),
+        args=SFTConfig(**arguments, completion_only_loss=True, packing=False, dataset_num_proc=None),
+        train_dataset=Dataset.from_list(rows).shuffle(seed=config.random_seed),
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        callbacks=[training.progress_callback(config.stage.value)],
+    )
+    result = trainer.train(resume_from_checkpoint=training.last_checkpoint(scratch))
+    metrics = {
+        "examples": len(rows),
+        "instructionExamples": len(instructions),
+        "evaluationExamples": len(evaluations),
+        "steps": trainer.state.global_step,
+        "trainLoss": float(result.training_loss),
+        **training.final_logs(trainer.state.log_history, {"loss": "finalLoss"}),
+    }
+    training.commit_model(trainer, trainer.processing_class, storage, output, config, metrics)
+    return metrics

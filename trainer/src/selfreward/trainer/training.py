@@ -1,0 +1,146 @@
+"""What SFT and DPO share: loading the model with the spec's dropout, TrainingArguments from
+the spec, progress reporting, DeepSpeed when it can run, and committing the trained model.
+
+Batch sizes are global: `batchSize` examples per optimizer step over all processes, made of
+`microBatchSize` per device and gradient accumulation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from selfreward.trainer.contract import StageConfig
+from selfreward.trainer.progress import Progress
+from selfreward.trainer.storage import Storage, is_s3
+
+DROPOUT_FIELDS = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob")
+WORKDIR_ENV = "SELFREWARD_WORKDIR"
+
+
+class NothingToTrain(ValueError):
+    """The training set is empty (e.g. the judge kept no pairs)."""
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def workdir(config: StageConfig) -> Path:
+    """Scratch space for checkpoints; a rerun in the same place resumes from them."""
+    root = Path(os.environ.get(WORKDIR_ENV, Path.home() / ".cache" / "selfreward" / "work"))
+    return root / config.namespace / config.run / f"iter-{config.iteration:02d}" / config.stage.value
+
+
+def load_model(model_dir: Path, dropout: float):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_config = AutoConfig.from_pretrained(model_dir)
+    for name in DROPOUT_FIELDS:
+        if hasattr(model_config, name):
+            setattr(model_config, name, dropout)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return AutoModelForCausalLM.from_pretrained(model_dir, config=model_config, dtype=dtype)
+
+
+def training_arguments(section: dict[str, Any], examples: int, output_dir: Path, seed: int) -> dict[str, Any]:
+    """Keyword arguments shared by SFTConfig and DPOConfig, derived from an sft/dpo spec section."""
+    import torch
+
+    per_step = section["microBatchSize"] * world_size()
+    accumulation = max(1, section["batchSize"] // per_step)
+    steps_per_epoch = max(1, math.ceil(examples / section["batchSize"]))
+    total_steps = steps_per_epoch * section["epochs"]
+    scheduler: dict[str, Any] = (
+        {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr": section["finalLearningRate"]}}
+        if section["schedule"] == "cosine"
+        else {"lr_scheduler_type": "constant_with_warmup"}
+    )
+    arguments = {
+        "output_dir": str(output_dir),
+        "learning_rate": section["learningRate"],
+        "per_device_train_batch_size": section["microBatchSize"],
+        "gradient_accumulation_steps": accumulation,
+        "num_train_epochs": section["epochs"],
+        "max_length": section["maxLength"],
+        "weight_decay": section["weightDecay"],
+        "warmup_steps": int(total_steps * section["warmupRatio"]),
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": section.get("checkpointEvery", max(1, total_steps)),
+        "save_total_limit": 1,
+        "save_only_model": False,
+        "report_to": [],
+        "seed": seed,
+        "bf16": torch.cuda.is_available(),
+        "use_cpu": not torch.cuda.is_available(),
+        "disable_tqdm": True,
+        **scheduler,
+    }
+    deepspeed = deepspeed_config(section["zeroStage"])
+    if deepspeed:
+        arguments["deepspeed"] = deepspeed
+    return arguments
+
+
+def deepspeed_config(stage: int) -> dict[str, Any] | None:
+    """ZeRO settings for multi-GPU training; None where DeepSpeed cannot or need not run."""
+    import importlib.util
+
+    import torch
+
+    if stage == 0 or not torch.cuda.is_available() or world_size() == 1 or importlib.util.find_spec("deepspeed") is None:
+        return None
+    return {
+        "zero_optimization": {"stage": stage, "overlap_comm": True, "stage3_gather_16bit_weights_on_model_save": True},
+        "bf16": {"enabled": "auto"},
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+    }
+
+
+def progress_callback(stage: str):
+    from transformers import TrainerCallback
+
+    class ReportProgress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.progress = Progress(stage, 0, state.max_steps, "steps")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.progress.set(state.global_step, state.max_steps)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.progress.finish()
+
+    return ReportProgress()
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+
+def final_logs(log_history: list[dict[str, Any]], keys: dict[str, str]) -> dict[str, float]:
+    """The last logged value of each wanted key, renamed: {"loss": "trainLoss"}."""
+    found: dict[str, float] = {}
+    for entry in log_history:
+        for key, name in keys.items():
+            if key in entry:
+                found[name] = float(entry[key])
+    return found
+
+
+def commit_model(trainer, tokenizer, storage: Storage, output: str, config: StageConfig, metrics: dict[str, Any]) -> None:
+    """Save the trained model as a Hugging Face folder, then write the manifest last."""
+    local = Path(output) if not is_s3(output) else workdir(config) / "final"
+    trainer.save_model(str(local))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(local))
+        files = storage.upload_folder(local, output)
+        files.pop("_manifest.json", None)
+        storage.commit(output, files, stage=config.stage.value, iteration=config.iteration, metrics=metrics)
