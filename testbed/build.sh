@@ -112,6 +112,12 @@ build_kwok() {
   GOBIN="$1" "$GO" install "${BUILD_FLAGS[@]}" \
     -ldflags "$LDFLAGS -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
     "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  # kwok's own node stages (fast initialize, heartbeat with lease); pod stages are ours.
+  local d; d=$(moddir "sigs.k8s.io/kwok@$KWOK_VERSION")
+  mkdir -p "$1/stages"
+  cp "$d/kustomize/stage/node/fast/node-initialize.yaml" \
+     "$d/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" "$1/stages/"
+  chmod u+w "$1/stages/"*.yaml
 }
 
 build_helm() {
