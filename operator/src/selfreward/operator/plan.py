@@ -151,13 +151,13 @@ def step_for(spec: dict[str, Any], root: str, iteration: int, stage: str, attemp
     )
 
 
-def plan_chain(spec: dict[str, Any], status: dict[str, Any], root: str, record) -> list[Step]:
+def plan_chain(spec: dict[str, Any], status: dict[str, Any], root: str, record, first: Step | None = None) -> list[Step]:
     """The next step and the inference steps after it that load the same model.
 
     Running them in one process (or pod) saves a model load per stage. `record(status, step,
     summary)` is status.record, passed in to keep this module free of status-building logic.
     """
-    first = plan(spec, status, root)
+    first = first or plan(spec, status, root)
     if not isinstance(first, Step):
         return []
     chain = [first]

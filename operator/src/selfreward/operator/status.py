@@ -99,6 +99,16 @@ def record(status: dict[str, Any], step: planner.Step, summary: dict[str, Any], 
     return new
 
 
+def reset_failed(status: dict[str, Any]) -> dict[str, Any]:
+    """Give failed stages a fresh set of retries (the user fixed the cause and runs again)."""
+    new = copy.deepcopy(status)
+    for entry in new.get("iterations", []):
+        for item in entry.get("stages", []):
+            if item.get("state") == StageState.FAILED.value:
+                item.update(state=StageState.PENDING.value, attempt=0, permanent=False)
+    return new
+
+
 def derived_metrics(stage: str, metrics: dict[str, Any]) -> dict[str, Any]:
     """Means from the additive shard metrics (sums and counts)."""
     result = dict(metrics)

@@ -11,6 +11,7 @@ from selfreward.trainer.backends import Sampling
 from selfreward.trainer.progress import Progress
 
 EXTRA_ARGS_ENV = "SELFREWARD_VLLM_ARGS"  # JSON object of extra vllm.LLM arguments
+_DEVNULL = open(os.devnull, "w")
 
 
 def _progress_bar(progress: Progress | None):
@@ -25,7 +26,7 @@ def _progress_bar(progress: Progress | None):
             return shown
 
     def factory(*args, **kwargs):
-        kwargs["disable"] = True
+        kwargs["file"] = _DEVNULL  # the executor draws progress from our events, not from tqdm
         return Bar(*args, **kwargs)
 
     return factory
@@ -56,26 +57,24 @@ class VllmBackend:
             for m in user_messages
         ]
 
-    def _params(self, sampling: Sampling, count: int, **extra):
+    def _params(self, sampling: Sampling, **extra):
+        # No per-request seed: vLLM 0.32 on CPU fails seeded requests whose prefill is chunked
+        # ("CPU Generator does not use offset"). The engine's seed keeps runs reproducible.
         from vllm import SamplingParams
 
-        return [
-            SamplingParams(
-                n=sampling.n,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_tokens,
-                seed=sampling.seed + index,
-                stop=list(sampling.stop) or None,
-                **extra,
-            )
-            for index in range(count)
-        ]
+        return SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            stop=list(sampling.stop) or None,
+            **extra,
+        )
 
     def generate(self, prompts: Sequence[str], sampling: Sampling, progress: Progress | None = None) -> list[list[str]]:
         if not prompts:
             return []
-        outputs = self.llm.generate(list(prompts), self._params(sampling, len(prompts)), use_tqdm=_progress_bar(progress))
+        outputs = self.llm.generate(list(prompts), self._params(sampling), use_tqdm=_progress_bar(progress))
         return [[choice.text for choice in output.outputs] for output in outputs]
 
     def choose(self, prompts: Sequence[str], choices: Sequence[str], sampling: Sampling) -> list[list[str]]:
@@ -83,7 +82,7 @@ class VllmBackend:
             return []
         token_ids = [_single_token_id(self.tokenizer, choice) for choice in choices]
         single = Sampling(sampling.n, sampling.temperature, 1.0, 1, sampling.seed)
-        params = self._params(single, len(prompts), allowed_token_ids=token_ids)
+        params = self._params(single, allowed_token_ids=token_ids)
         outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
         return [[choice.text for choice in output.outputs] for output in outputs]
 

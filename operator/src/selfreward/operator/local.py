@@ -1,0 +1,194 @@
+"""The local executor: runs a SelfRewardRun's steps as subprocesses on this machine.
+
+It asks the planner for the next step, runs `python -m selfreward.trainer` for it (inference
+stages that load the same model share one process), records each summary line in the status
+file and saves it after every change. Killed at any point (even SIGKILL), the same command
+resumes: committed stages are skipped by the planner, committed shards by the stage program.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from selfreward.operator import layout
+from selfreward.operator import plan as planner
+from selfreward.operator import status as status_core
+from selfreward.operator.spec import RunDocument
+
+EVENT_KEY = "selfreward"
+LOG_TAIL = 30
+
+
+@dataclass(frozen=True)
+class Paths:
+    state: Path
+    logs: Path
+
+    @classmethod
+    def for_run(cls, state_dir: Path, run: RunDocument) -> "Paths":
+        base = state_dir / run.namespace / run.name
+        return cls(base / "status.json", base / "logs")
+
+
+def load_status(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def save_status(path: Path, status: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(status, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def stage_config(run: RunDocument, root: str, step: planner.Step) -> dict[str, Any]:
+    """The stage program's --config for one step (the contract in selfreward.trainer.contract)."""
+    storage = run.spec["storage"]
+    placement = run.spec["placement"][step.kind]
+    return {
+        "stage": step.stage,
+        "run": run.name,
+        "namespace": run.namespace,
+        "iteration": step.iteration,
+        "attempt": step.attempt,
+        "inputs": step.inputs,
+        "outputs": step.outputs,
+        "shardCount": step.shard_count,
+        "randomSeed": run.spec["randomSeed"],
+        "processes": placement["processesPerReplica"],
+        "spec": step.sections,
+        "storage": {k: storage[k] for k in ("endpoint", "region", "addressingStyle") if storage.get(k)},
+    }
+
+
+class LocalExecutor:
+    def __init__(self, run: RunDocument, state_dir: Path, view: "View", python: str = sys.executable):
+        self.run = run
+        self.paths = Paths.for_run(state_dir, run)
+        self.root = layout.run_root(run.spec["storage"]["uri"], run.namespace, run.name)
+        self.view = view
+        self.python = python
+
+    def execute(self, retry_failed: bool = False) -> dict[str, Any]:
+        """Run until the run succeeds, fails or is suspended; returns the final status."""
+        status = load_status(self.paths.state)
+        if retry_failed:
+            status = status_core.reset_failed(status)
+        while True:
+            decision = planner.plan(self.run.spec, status, self.root)
+            if isinstance(decision, planner.Waiting):
+                # Status says Running, yet no process of ours runs it: the last executor died.
+                # Rerun the same attempt; the stage program skips what was committed.
+                self.view.line(f"iteration {decision.iteration} {decision.stage}: resuming an interrupted stage")
+                attempt = planner.stage_status(status, decision.iteration, decision.stage).get("attempt", 1)
+                decision = planner.step_for(self.run.spec, self.root, decision.iteration, decision.stage, attempt)
+            status = status_core.summarize(status, decision, self.run.spec)
+            save_status(self.paths.state, status)
+            if not isinstance(decision, planner.Step):
+                return status
+            chain = planner.plan_chain(self.run.spec, status, self.root, status_core.record, first=decision)
+            status = self._run_chain(status, chain)
+
+    def _run_chain(self, status: dict[str, Any], chain: list[planner.Step]) -> dict[str, Any]:
+        names = ",".join(step.stage for step in chain)
+        first = chain[0]
+        configs = [stage_config(self.run, self.root, step) for step in chain]
+        log_path = self.paths.logs / f"iter-{first.iteration:02d}-{names.replace(',', '+')}-a{first.attempt}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.view.start_chain(chain)
+
+        pending = list(chain)
+        status = self._start(status, pending[0])
+        with log_path.open("a", encoding="utf-8") as log:
+            process = subprocess.Popen(
+                [self.python, "-m", "selfreward.trainer", names, "--config", json.dumps(configs)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            tail: deque[str] = deque(maxlen=LOG_TAIL)
+            reader = threading.Thread(target=_pump_stderr, args=(process.stderr, log, tail, self.view.event), daemon=True)
+            reader.start()
+            running: planner.Step | None = pending.pop(0)
+            for line in process.stdout:
+                log.write(line)
+                summary = _summary(line)
+                if summary is None or running is None:
+                    continue
+                status = status_core.record(status, running, summary)
+                self.view.finish_step(running, summary)
+                running = pending.pop(0) if summary["ok"] and pending else None
+                if running is not None:
+                    status = self._start(status, running)
+                save_status(self.paths.state, status)
+            code = process.wait()
+            reader.join()
+        if running is not None:
+            message = f"stage program exited with code {code} before reporting; last output:\n" + "".join(tail)[-1500:]
+            summary = {"ok": False, "reason": "ProcessExited", "error": message}
+            status = status_core.record(status, running, summary)
+            save_status(self.paths.state, status)
+            self.view.finish_step(running, summary)
+        if any(planner.stage_status(status, s.iteration, s.stage).get("state") == planner.StageState.FAILED.value for s in chain):
+            self.view.line(f"log: {log_path}")
+            self._back_off(status)
+        return status
+
+    def _start(self, status: dict[str, Any], step: planner.Step) -> dict[str, Any]:
+        child = layout.child_name(self.run.name, step.iteration, step.stage, step.attempt)
+        status = status_core.summarize(status_core.record_start(status, step, [child]), step, self.run.spec)
+        save_status(self.paths.state, status)
+        return status
+
+    def _back_off(self, status: dict[str, Any]) -> None:
+        backoff = self.run.spec["retries"]["backoffSeconds"]
+        decision = planner.plan(self.run.spec, status, self.root)
+        if isinstance(decision, planner.Step) and backoff:
+            self.view.line(f"retrying {decision.stage} (attempt {decision.attempt}) in {backoff}s")
+            time.sleep(backoff)
+
+
+def _summary(line: str) -> dict[str, Any] | None:
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) and "ok" in value and "stage" in value else None
+
+
+def _pump_stderr(stream, log, tail: deque, on_event: Callable[[dict[str, Any]], None]) -> None:
+    for line in stream:
+        event = None
+        if line.startswith("{") and EVENT_KEY in line:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                event = None
+        if isinstance(event, dict) and EVENT_KEY in event:
+            on_event(event)
+        else:
+            log.write(line)
+            tail.append(line)
+
+
+class View:
+    """What the executor shows; the CLI provides a rich implementation, tests a silent one."""
+
+    def line(self, text: str) -> None: ...
+    def start_chain(self, chain: list[planner.Step]) -> None: ...
+    def event(self, event: dict[str, Any]) -> None: ...
+    def finish_step(self, step: planner.Step, summary: dict[str, Any]) -> None: ...
