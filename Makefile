@@ -21,7 +21,13 @@ $(UV):
 
 setup: .venv/.synced
 
-quickstart: setup
+TINY_MODEL := .selfreward/models/tiny-llama
+
+# The quickstart's base model: no hub is reachable, so build a tiny one from the seed texts.
+$(TINY_MODEL)/config.json: | .venv/.synced
+	.venv/bin/python -m selfreward.trainer.tiny $(TINY_MODEL) --corpus examples/seed/*.jsonl
+
+quickstart: setup $(TINY_MODEL)/config.json
 	.venv/bin/selfreward run $(RUN)
 
 test: setup

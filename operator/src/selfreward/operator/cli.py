@@ -134,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:
         errors.print(f"[red]error:[/] {error}")
         return EXIT_INVALID
+    if args.command in ("validate", "run"):
+        from selfreward.operator.preflight import seed_errors
+
+        problems = seed_errors(run.spec)
+        if problems:
+            errors.print("[red]error:[/] " + "\n".join(problems), soft_wrap=True)
+            return EXIT_INVALID
     if args.command == "validate":
         console.print(f"{args.file}: valid {run.namespace}/{run.name}")
         return 0
