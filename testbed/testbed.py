@@ -173,9 +173,19 @@ CLIENTS = {
 }
 
 
+PKI_MARKER = ".complete-v3"  # bump when ensure_pki makes new files
+# The training operator's webhook cert rotator accepts a CA whose SAN is its CA name and a
+# serving cert for <service>.<namespace>.svc; given valid ones it leaves them as they are.
+TO_WEBHOOK_CA_NAME = "training-operator-ca"
+TO_WEBHOOK_DNS = "training-operator.kubeflow.svc"
+# Hard-coded in the training operator: its rotator waits for tls.crt to exist here.
+TO_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
+
+
 def ensure_pki(pki: Path) -> None:
-    """CA, apiserver serving cert, client certs and the service-account key: once per state dir."""
-    if (pki / ".complete").exists():
+    """CA, apiserver serving cert, client certs, the service-account key and the training
+    operator's webhook certs: made once per state dir."""
+    if (pki / PKI_MARKER).exists():
         return
     shutil.rmtree(pki, ignore_errors=True)
     pki.mkdir(parents=True)
@@ -194,9 +204,23 @@ def ensure_pki(pki: Path) -> None:
     _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1",
              "-out", "sa.key", cwd=pki)
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
-    for f in pki.iterdir():
-        f.chmod(0o600)
-    (pki / ".complete").touch()
+    to = pki / "training-operator"
+    to.mkdir()
+    # The rotator reads these keys as PKCS#1 RSA ("RSA PRIVATE KEY").
+    for key in ("ca.key", "tls.key"):
+        _openssl("genrsa", "-traditional", "-out", key, "2048", cwd=to)
+    _openssl("req", "-x509", "-new", "-key", "ca.key", "-out", "ca.crt",
+             "-days", "3650", "-subj", f"/CN={TO_WEBHOOK_CA_NAME}",
+             "-addext", f"subjectAltName=DNS:{TO_WEBHOOK_CA_NAME}",
+             "-addext", "keyUsage=critical,keyCertSign,digitalSignature", cwd=to)
+    _openssl("req", "-new", "-key", "tls.key", "-out", "tls.csr", "-subj", f"/CN={TO_WEBHOOK_DNS}",
+             cwd=to)
+    _sign(to, "tls", f"subjectAltName=DNS:{TO_WEBHOOK_DNS}\n"
+          "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+    for f in list(pki.iterdir()) + list(to.iterdir()):
+        if f.is_file():
+            f.chmod(0o600)
+    (pki / PKI_MARKER).touch()
 
 
 def write_kubeconfig(path: Path, server: str, pki: Path, client: str) -> None:
@@ -309,17 +333,20 @@ def _node(pool: str, index: int, gpus: int) -> dict:
             "spec": spec, "status": {"allocatable": resources, "capacity": resources}}
 
 
-def _bootstrap_objects() -> list[dict]:
+def _bootstrap_objects(pki: Path) -> list[dict]:
     """Fake nodes, and what the training operator expects to find in its namespace."""
+    to = pki / "training-operator"
+    cert_data = {k: base64.b64encode((to / k).read_bytes()).decode()
+                 for k in ("ca.crt", "ca.key", "tls.crt", "tls.key")}
     objs = [_node(pool, i, gpus) for pool, (n, gpus) in POOLS.items() for i in range(n)]
     objs += [
         {"apiVersion": "v1", "kind": "Namespace",
          "metadata": {"name": TRAINING_OPERATOR_NAMESPACE}},
-        # Its cert rotator fills this Secret and injects a CA into the webhook configuration
+        # Its cert rotator checks this Secret and injects the CA into the webhook configuration
         # below. The configuration has no webhooks, so the apiserver never calls the operator.
         {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
          "metadata": {"name": "training-operator-webhook-cert",
-                      "namespace": TRAINING_OPERATOR_NAMESPACE}},
+                      "namespace": TRAINING_OPERATOR_NAMESPACE}, "data": cert_data},
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
          "metadata": {"name": "validator.training-operator.kubeflow.org"}, "webhooks": []},
     ]
@@ -458,7 +485,7 @@ def up(state_dir: Path | None = None, with_s3: bool = True, die_with_parent: boo
         # Cluster objects the node simulator and training operator need, then the CRD.
         _kubectl(bin_dir, kubeconfig, "apply", "-f", "-",
                  stdin=json.dumps({"apiVersion": "v1", "kind": "List",
-                                   "items": _bootstrap_objects()}))
+                                   "items": _bootstrap_objects(pki)}))
         crd = dirs["training-operator"] / "crds" / "kubeflow.org_pytorchjobs.yaml"
         _kubectl(bin_dir, kubeconfig, "apply", "--server-side", "--force-conflicts",
                  "-f", str(crd))
@@ -480,13 +507,15 @@ def up(state_dir: Path | None = None, with_s3: bool = True, die_with_parent: boo
             bin_dir, kubeconfig, "get", "crd", "pytorchjobs.kubeflow.org",
             "-o", "jsonpath={.status.conditions[?(@.status=='True')].type}"),
             timeout, "PyTorchJob CRD established")
+        _install_webhook_certs(pki / "training-operator")
         operator = start("training-operator", [
             str(tools["training-operator"]), "--enable-scheme=pytorchjob",
             "--leader-elect=false",
             f"--metrics-bind-address={LOOPBACK}:{ports['to-metrics']}",
             f"--health-probe-bind-address={LOOPBACK}:{ports['to-probe']}",
             f"--webhook-server-port={ports['to-webhook']}"],
-            env={"KUBECONFIG": str(kubeconfig), "MY_POD_NAMESPACE": TRAINING_OPERATOR_NAMESPACE})
+            env={"KUBECONFIG": str(kubeconfig), "MY_POD_NAMESPACE": TRAINING_OPERATOR_NAMESPACE,
+                 "TMPDIR": str(TO_CERT_DIR.parent.parent)})
 
         ictx = _insecure_ctx()
         wait_until(lambda: http_ok(f"https://{LOOPBACK}:{ports['kcm']}/healthz", ictx),
@@ -501,7 +530,7 @@ def up(state_dir: Path | None = None, with_s3: bool = True, die_with_parent: boo
         wait_until(lambda: _nodes_ready(api), timeout, "kwok nodes Ready", proc=kwok,
                    log=logs / "kwok.log")
         wait_until(lambda: http_ok(f"http://{LOOPBACK}:{ports['to-probe']}/readyz"),
-                   timeout, "training-operator", proc=operator,
+                   timeout, "training-operator", proc=operator, interval=0.5,
                    log=logs / "training-operator.log")
     except BaseException:
         down(state_dir)
@@ -513,6 +542,17 @@ def up(state_dir: Path | None = None, with_s3: bool = True, die_with_parent: boo
             f"export SELFREWARD_TESTBED_BUCKET={tb.s3_bucket}\n")
     print(f"testbed: up in {time.monotonic() - t0:.1f} s ({state_dir})", file=sys.stderr)
     return tb
+
+
+def _install_webhook_certs(src: Path) -> None:
+    """Put the webhook serving cert where the training operator reads it (atomic renames, so a
+    second testbed starting at the same time never leaves a half-written file)."""
+    TO_CERT_DIR.mkdir(parents=True, exist_ok=True)
+    for name in ("tls.crt", "tls.key"):
+        tmp = TO_CERT_DIR / f".{name}.{os.getpid()}"
+        shutil.copyfile(src / name, tmp)
+        tmp.chmod(0o600)
+        os.replace(tmp, TO_CERT_DIR / name)
 
 
 def _nodes_ready(api: _Api) -> bool:
