@@ -11,7 +11,9 @@ testbed/build.sh.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import fcntl
 import datetime
 import hashlib
 import hmac
@@ -379,6 +381,15 @@ def _running(state_dir: Path) -> Testbed | None:
     return tb
 
 
+@contextlib.contextmanager
+def _locked(state_dir: Path):
+    """One up/down at a time per state dir."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def up(state_dir: Path | None = None, with_s3: bool = True, die_with_parent: bool = False,
        timeout: float = 120.0) -> Testbed:
     """Build if needed, then start the whole testbed under `state_dir`; return it when ready.
@@ -387,11 +398,16 @@ def up(state_dir: Path | None = None, with_s3: bool = True, die_with_parent: boo
     and the cluster starts empty (fresh etcd data); the PKI is kept.
     """
     state_dir = (state_dir or default_state_dir()).resolve()
+    with _locked(state_dir):
+        return _up(state_dir, with_s3, die_with_parent, timeout)
+
+
+def _up(state_dir: Path, with_s3: bool, die_with_parent: bool, timeout: float) -> Testbed:
     t0 = time.monotonic()
     existing = _running(state_dir)
     if existing:
         return existing
-    down(state_dir)
+    _down(state_dir)
     dirs = ensure_built()
     state_dir.mkdir(parents=True, exist_ok=True)
     pki, logs, pids = state_dir / "pki", state_dir / "logs", state_dir / "pids"
@@ -449,6 +465,13 @@ def up(state_dir: Path | None = None, with_s3: bool = True, die_with_parent: boo
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
+            # Front-proxy settings (no aggregated APIs here): published so the controller-manager
+            # and scheduler find a complete extension-apiserver-authentication ConfigMap.
+            f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction,PodSecurity",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -533,7 +556,7 @@ def up(state_dir: Path | None = None, with_s3: bool = True, die_with_parent: boo
                    timeout, "training-operator", proc=operator, interval=0.5,
                    log=logs / "training-operator.log")
     except BaseException:
-        down(state_dir)
+        _down(state_dir)
         raise
     (state_dir / "testbed.json").write_text(json.dumps(tb.to_json(), indent=2) + "\n")
     if tb.s3:
@@ -571,6 +594,13 @@ def _nodes_ready(api: _Api) -> bool:
 def down(state_dir: Path | None = None) -> list[str]:
     """Stop every process started in `state_dir` (pid files), in reverse start order."""
     state_dir = (state_dir or default_state_dir()).resolve()
+    if not state_dir.exists():
+        return []
+    with _locked(state_dir):
+        return _down(state_dir)
+
+
+def _down(state_dir: Path) -> list[str]:
     pids = state_dir / "pids"
     stopped = []
     for name in reversed(COMPONENTS):
