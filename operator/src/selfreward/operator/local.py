@@ -116,6 +116,7 @@ class LocalExecutor:
                 text=True,
                 bufsize=1,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=_die_with_parent,
             )
             tail: deque[str] = deque(maxlen=LOG_TAIL)
             reader = threading.Thread(target=_pump_stderr, args=(process.stderr, log, tail, self.view.event), daemon=True)
@@ -157,6 +158,15 @@ class LocalExecutor:
         if isinstance(decision, planner.Step) and backoff:
             self.view.line(f"retrying {decision.stage} (attempt {decision.attempt}) in {backoff}s")
             time.sleep(backoff)
+
+
+def _die_with_parent() -> None:
+    """Linux: the stage program gets SIGKILL when the executor dies, so no orphan keeps writing."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _summary(line: str) -> dict[str, Any] | None:

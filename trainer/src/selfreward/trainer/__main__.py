@@ -13,7 +13,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from selfreward.trainer.contract import ConfigError, Stage, StageConfig, parse_configs, report
+from selfreward.trainer.contract import ConfigError, Stage, StageConfig, parse_configs, report, reserve_stdout_for_summaries
 from selfreward.trainer.data import DataError
 from selfreward.trainer.stagekit import StageResult
 from selfreward.trainer.storage import Storage
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stages", help="stage name, or several joined by commas: " + ", ".join(s.value for s in Stage))
     parser.add_argument("--config", required=True, help="stage config as JSON, or @path to a JSON file")
     args = parser.parse_args(argv)
+    reserve_stdout_for_summaries()
     try:
         names = [Stage(name) for name in args.stages.split(",")]
         configs = parse_configs(args.config)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -138,10 +139,25 @@ def summary_line(summary: dict[str, Any]) -> str:
     return line[:TERMINATION_LIMIT]
 
 
+_summary_stream = sys.stdout
+
+
+def reserve_stdout_for_summaries() -> None:
+    """Send everything else written to stdout (libraries, worker processes) to stderr.
+
+    Stdout then carries the summary lines alone, which is what executors read.
+    """
+    global _summary_stream
+    sys.stdout.flush()
+    _summary_stream = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+
 def report(summary: dict[str, Any]) -> None:
     """Print the summary on stdout and to the termination log when running in a pod."""
     line = summary_line(summary)
-    print(line, flush=True)
+    print(line, file=_summary_stream, flush=True)
     if TERMINATION_LOG.exists():  # the kubelet creates it in pods; never create it elsewhere
         try:
             TERMINATION_LOG.write_text(line)

@@ -7,7 +7,9 @@ so a crash costs at most the shards that were in flight.
 
 from __future__ import annotations
 
+import os
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -16,6 +18,7 @@ from selfreward.trainer.progress import note
 from selfreward.trainer.storage import Storage, join
 
 Item = TypeVar("Item")
+FAILPOINT_ENV = "SELFREWARD_FAILPOINT"  # "<stage>/<shard>": block after committing that shard
 
 
 @dataclass
@@ -78,7 +81,15 @@ def run_shards(
             result.shards.append(ShardResult(index, True, manifest.get("metrics", {})))
             continue
         result.shards.append(ShardResult(index, False, work(index)))
+        _failpoint(config.stage.value, index)
     return result
+
+
+def _failpoint(stage: str, shard: int) -> None:
+    """For crash tests: stop here, as if the machine froze, until the process is killed."""
+    if os.environ.get(FAILPOINT_ENV) == f"{stage}/{shard}":
+        note(stage, f"failpoint {stage}/{shard} reached, waiting to be killed", shard=shard)
+        threading.Event().wait()
 
 
 def run_single(config: StageConfig, storage: Storage, folder: str, work: Callable[[], dict[str, Any]]) -> StageResult:

@@ -1,0 +1,144 @@
+"""`selfreward run` end to end on this machine: a whole run, a SIGKILL in the middle of the judge
+stage and the resume, and bad input refused before anything runs.
+
+The run stores its artifacts in a real S3 server (MinIO); stages run real vLLM (CPU) and TRL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fixtures.s3 import s3_client, s3_env
+from tests.integration.conftest import REPO, SEED
+
+pytestmark = pytest.mark.e2e
+SELFREWARD = [sys.executable, "-m", "selfreward.operator.cli"]
+
+
+def quickstart_with(tmp_path: Path, **spec_changes) -> dict:
+    run = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    run["spec"]["seed"] = {k: str(SEED / Path(v).name) for k, v in run["spec"]["seed"].items()}
+    for dotted, value in spec_changes.items():
+        node = run["spec"]
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return run
+
+
+def write_run(tmp_path: Path, run: dict) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run))
+    return path
+
+
+def selfreward(*args: str, env: dict | None = None, timeout: float = 1500) -> subprocess.CompletedProcess:
+    return subprocess.run([*SELFREWARD, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def s3_run(s3_server, s3_bucket, tiny_model, tmp_path):
+    run = quickstart_with(
+        tmp_path,
+        iterations=2,
+        baseModel__uri=str(tiny_model),
+        storage__uri=f"s3://{s3_bucket}/runs",
+        storage__endpoint=s3_server.endpoint,
+    )
+    env = s3_env(s3_server) | {"SELFREWARD_WORKDIR": str(tmp_path / "work")}
+    return write_run(tmp_path, run), env, tmp_path / "state"
+
+
+def test_sigkill_during_judge_then_the_same_command_finishes(s3_run, s3_server, s3_bucket):
+    run_file, env, state = s3_run
+    status_file = state / "default" / "quickstart" / "status.json"
+    first = subprocess.Popen(
+        [*SELFREWARD, "--state-dir", str(state), "run", str(run_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **env, "SELFREWARD_FAILPOINT": "judge/0"},
+    )
+    client = s3_client(s3_server)
+    shard0 = "runs/default/quickstart/iter-02/judgements/shard-00000-of-00002/_manifest.json"
+
+    def judge_shard0_committed():
+        assert first.poll() is None, "the run ended before the judge stage"
+        found = client.list_objects_v2(Bucket=s3_bucket, Prefix=shard0).get("KeyCount", 0)
+        return found == 1
+
+    try:
+        wait_for(judge_shard0_committed, 1200, "judge shard 0 to commit")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+    interrupted = json.loads(status_file.read_text())
+    judge = next(s for e in interrupted["iterations"] if e["iteration"] == 2 for s in e["stages"] if s["name"] == "judge")
+    assert judge["state"] == "Running"
+
+    second = selfreward("--state-dir", str(state), "run", str(run_file), env=env)
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+    assert "shard 0 already committed, skipped" in second.stdout
+    assert "sft" not in second.stdout.split("resuming")[0]  # SFT was not run again
+
+    final = json.loads(selfreward("--state-dir", str(state), "status", str(run_file), "-o", "json").stdout)
+    assert final["phase"] == "Succeeded"
+    models = [e.get("model") for e in final["iterations"]]
+    assert models == [f"s3://{s3_bucket}/runs/default/quickstart/iter-01/model",
+                      f"s3://{s3_bucket}/runs/default/quickstart/iter-02/model"]
+    iteration2 = {s["name"]: s for s in final["iterations"][1]["stages"]}
+    assert iteration2["judge"]["metrics"]["pairs"] > 0
+    assert iteration2["judge"]["skippedShards"] == [0]
+    assert "pairwiseAccuracy" in iteration2["evaluate"]["metrics"]
+    ready = next(c for c in final["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and ready["reason"] == "RunSucceeded"
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"bogus": 1}, "spec.bogus"),
+        ({"generation__candidates": 1}, "spec.generation.candidates"),
+        ({"dpo__beta": -1}, "spec.dpo.beta"),
+    ],
+    ids=["unknown-field", "one-candidate", "negative-beta"],
+)
+def test_invalid_run_is_refused_before_anything_runs(tmp_path, change, path):
+    run_file = write_run(tmp_path, quickstart_with(tmp_path, **change))
+    result = selfreward("--state-dir", str(tmp_path / "state"), "run", str(run_file), timeout=120)
+    assert result.returncode == 2
+    assert path in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_malformed_seed_line_is_refused_with_file_and_line(tmp_path):
+    seed = tmp_path / "ift.jsonl"
+    lines = (SEED / "ift.jsonl").read_text().splitlines()
+    lines[4] = '{"prompt": "unterminated'
+    seed.write_text("\n".join(lines) + "\n")
+    run = quickstart_with(tmp_path)
+    run["spec"]["seed"]["instructions"] = str(seed)
+    result = selfreward("--state-dir", str(tmp_path / "state"), "run", str(write_run(tmp_path, run)), timeout=120)
+    assert result.returncode == 2
+    assert f"{seed}:5:" in result.stderr.replace("\n", "")
+    assert not (tmp_path / "state").exists()

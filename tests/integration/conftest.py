@@ -1,0 +1,45 @@
+"""Shared pieces of the integration tier: a tiny model made once per session, and a way to run
+stage programs as the executors do (a subprocess per process group of stages)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SEED = REPO / "examples" / "seed"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from selfreward.trainer.tiny import make_tiny_model, texts_from_jsonl
+
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", texts_from_jsonl(sorted(SEED.glob("*.jsonl"))))
+
+
+@dataclass
+class StageRun:
+    code: int
+    summaries: list[dict[str, Any]]
+    stderr: str
+
+    def summary(self, stage: str) -> dict[str, Any]:
+        return next(s for s in self.summaries if s["stage"] == stage)
+
+
+def run_stages(configs: list[dict[str, Any]], env: dict[str, str] | None = None, timeout: float = 900) -> StageRun:
+    """`python -m selfreward.trainer a,b --config [...]`, as the executors call it."""
+    names = ",".join(c["stage"] for c in configs)
+    process = subprocess.run(
+        [sys.executable, "-m", "selfreward.trainer", names, "--config", json.dumps(configs)],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )
+    summaries = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
+    return StageRun(process.returncode, summaries, process.stderr)

@@ -1,0 +1,144 @@
+"""Every stage program on a tiny model, with real vLLM (CPU), real TRL and a real S3 server.
+
+One pipeline per module (engine loads cost tens of seconds on CPU): SFT on the seed data, then
+evaluate + instruct + generate + judge of M1 in one process (one vLLM engine), then DPO to M2.
+Each test checks one property of what that pipeline left in S3 or reported.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from selfreward.operator import layout
+from selfreward.operator import plan as planner
+from selfreward.operator import status as status_core
+from selfreward.operator.local import stage_config
+from selfreward.operator.spec import load_run
+from selfreward.trainer.storage import MANIFEST, Storage, StorageOptions, sha256_bytes
+from tests.fixtures.s3 import s3_client, s3_env
+from tests.integration.conftest import REPO, SEED, run_stages
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def pipeline(s3_server, tiny_model, tmp_path_factory):
+    client = s3_client(s3_server)
+    bucket = "pipeline"
+    client.create_bucket(Bucket=bucket)
+    for name in ("ift.jsonl", "eft.jsonl", "holdout.jsonl"):
+        client.upload_file(str(SEED / name), bucket, f"seed/{name}")
+    run_file = tmp_path_factory.mktemp("run") / "run.yaml"
+    quickstart = (REPO / "examples" / "quickstart.yaml").read_text()
+    run_file.write_text(
+        quickstart.replace("../.selfreward/models/tiny-llama", str(tiny_model))
+        .replace("../.selfreward/storage", f"s3://{bucket}/runs")
+        .replace("seed/", f"s3://{bucket}/seed/")
+        .replace("  storage:\n", f"  storage:\n    endpoint: {s3_server.endpoint}\n")
+    )
+    run = load_run(run_file)
+    root = layout.run_root(run.spec["storage"]["uri"], run.namespace, run.name)
+    env = s3_env(s3_server) | {"SELFREWARD_WORKDIR": str(tmp_path_factory.mktemp("work"))}
+    status: dict = {}
+    results = {}
+
+    def run_chain(name):
+        nonlocal status
+        chain = planner.plan_chain(run.spec, status, root, status_core.record)
+        results[name] = run_stages([stage_config(run, root, step) for step in chain], env)
+        for step, summary in zip(chain, results[name].summaries):
+            status = status_core.record(status, step, summary)
+        return chain
+
+    results["sft_chain"] = run_chain("sft")
+    results["m1_chain"] = run_chain("m1")
+    results["dpo_chain"] = run_chain("dpo")
+    # The same inference chain again: everything is committed, so everything is skipped.
+    results["rerun"] = run_stages([stage_config(run, root, step) for step in results["m1_chain"]], env)
+    storage = Storage(StorageOptions(endpoint=s3_server.endpoint, region=s3_server.region))
+    return {"run": run, "root": root, "status": status, "storage": storage, "env": env, **results}
+
+
+def test_sft_commits_m1_to_s3(pipeline):
+    summary = pipeline["sft"].summary("sft")
+    assert pipeline["sft"].code == 0, pipeline["sft"].stderr[-3000:]
+    assert summary["ok"] and summary["metrics"]["examples"] == 90
+    manifest = json.loads(pipeline["storage"].read_text(f"{pipeline['root']}/iter-01/model/{MANIFEST}"))
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(manifest["files"])
+
+
+def test_inference_stages_share_one_process_and_all_succeed(pipeline):
+    m1 = pipeline["m1"]
+    assert m1.code == 0, m1.stderr[-3000:]
+    assert [s["stage"] for s in pipeline["m1_chain"]] == ["evaluate", "instruct", "generate", "judge"]
+    assert [s["stage"] for s in m1.summaries] == ["evaluate", "instruct", "generate", "judge"]
+    assert all(s["ok"] for s in m1.summaries)
+    assert m1.stderr.count("Loading safetensors checkpoint shards: 100%") == 1
+
+
+def test_generate_and_judge_run_every_shard(pipeline):
+    m1 = pipeline["m1"]
+    for stage in ("generate", "judge"):
+        assert [s["index"] for s in m1.summary(stage)["shards"]] == [0, 1]
+
+
+def test_judge_makes_pairs_whose_chosen_outscores_rejected(pipeline):
+    storage, root = pipeline["storage"], pipeline["root"]
+    pairs = []
+    for shard in range(2):
+        folder = f"{root}/iter-02/pairs/shard-{shard:05d}-of-00002"
+        pairs += storage.read_committed_jsonl(folder, "pairs.jsonl")
+    metrics = pipeline["m1"].summary("judge")["metrics"]
+    assert len(pairs) == metrics["pairs"] > 0
+    assert all(p["chosenScore"] > p["rejectedScore"] for p in pairs)
+    assert metrics["pairs"] + metrics["ties"] + metrics["gapTooSmall"] + metrics["unscored"] == metrics["prompts"]
+
+
+def test_constrained_judge_never_fails_to_parse(pipeline):
+    metrics = pipeline["m1"].summary("judge")["metrics"]
+    assert metrics["judgements"] == metrics["candidates"] * 3
+    assert metrics["parseFailures"] == 0
+    assert sum(metrics[f"score{n}"] for n in range(6)) == metrics["judgements"]
+
+
+def test_every_manifest_matches_its_files(pipeline):
+    storage, root = pipeline["storage"], pipeline["root"]
+    manifests = [uri for uri in storage.list(f"{root}/iter-02") if uri.endswith(MANIFEST)]
+    assert len(manifests) >= 7  # prompts, 2 candidates, 2 judgements, 2 pairs (+ model)
+    for uri in manifests:
+        folder = uri.rsplit("/", 1)[0]
+        for name, digest in json.loads(storage.read_text(uri))["files"].items():
+            assert sha256_bytes(storage.read_bytes(f"{folder}/{name}")) == digest, f"{folder}/{name}"
+
+
+def test_evaluate_reports_reward_model_metrics(pipeline):
+    metrics = pipeline["m1"].summary("evaluate")["metrics"]
+    assert metrics["prompts"] == 12 and metrics["pairsEvaluated"] == 36
+    assert 0 <= metrics["pairwiseAccuracy"] <= 1
+
+
+def test_dpo_trains_m2_from_the_pairs(pipeline):
+    dpo = pipeline["dpo"]
+    assert dpo.code == 0, dpo.stderr[-3000:]
+    summary = dpo.summary("dpo")
+    assert summary["metrics"]["pairs"] == pipeline["m1"].summary("judge")["metrics"]["pairs"]
+    assert summary["metrics"]["steps"] >= 1 and summary["metrics"]["trainLoss"] > 0
+    assert pipeline["storage"].read_manifest(f"{pipeline['root']}/iter-02/model") is not None
+
+
+def test_rerun_skips_every_committed_shard_without_loading_a_model(pipeline):
+    rerun = pipeline["rerun"]
+    assert rerun.code == 0
+    assert all(shard["skipped"] for s in rerun.summaries for shard in s["shards"])
+    assert "Loading safetensors" not in rerun.stderr
+    assert rerun.summary("judge")["metrics"] == pipeline["m1"].summary("judge")["metrics"]
+
+
+def test_a_stage_refuses_an_uncommitted_input(pipeline, tmp_path):
+    run, root = pipeline["run"], pipeline["root"]
+    step = planner.step_for(run.spec, root, 9, "generate", 1)  # iteration 9 has no prompts
+    result = run_stages([stage_config(run, root, step)], pipeline["env"])
+    assert result.code == 1
+    assert "has no _manifest.json" in result.summaries[0]["error"]
