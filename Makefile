@@ -6,11 +6,13 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 RUN ?= examples/quickstart.yaml
 
-.PHONY: help setup quickstart test test-unit test-integration lint clean
+.PHONY: help setup quickstart test test-unit testbed testbed-down testbed-build clean
 
 help:
 	@echo "make quickstart   install, then run examples/quickstart.yaml on this machine (CPU)"
 	@echo "make test         install, then run the whole test suite"
+	@echo "make testbed      start the test control plane on 127.0.0.1: eval \"\$$(make -s testbed)\""
+	@echo "make testbed-down stop it"
 
 $(UV):
 	$(PYTHON) -m pip install --user --quiet uv==$(UV_VERSION)
@@ -30,8 +32,18 @@ $(TINY_MODEL)/config.json: | .venv/.synced
 quickstart: setup $(TINY_MODEL)/config.json
 	.venv/bin/selfreward run $(RUN)
 
-test: setup
+# Build the testbed's binaries before pytest starts (about 12 min once, then cached outside the repo).
+test: setup testbed-build
 	.venv/bin/python -m pytest tests
+
+testbed-build:
+	bash testbed/build.sh
+
+testbed: setup testbed-build
+	@PYTHON=$(CURDIR)/.venv/bin/python bash testbed/up.sh
+
+testbed-down:
+	@PYTHON=$(CURDIR)/.venv/bin/python bash testbed/down.sh
 
 test-unit: setup
 	.venv/bin/python -m pytest tests/unit

@@ -58,7 +58,10 @@ def pipeline(s3_server, tiny_model, tmp_path_factory):
     # The same inference chain again: everything is committed, so everything is skipped.
     results["rerun"] = run_stages([stage_config(run, root, step) for step in results["m1_chain"]], env)
     storage = Storage(StorageOptions(endpoint=s3_server.endpoint, region=s3_server.region))
-    return {"run": run, "root": root, "status": status, "storage": storage, "env": env, **results}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in s3_env(s3_server).items():
+            patch.setenv(key, value)
+        yield {"run": run, "root": root, "status": status, "storage": storage, "env": env, **results}
 
 
 def test_sft_commits_m1_to_s3(pipeline):

@@ -325,12 +325,6 @@ def test_a_short_run_name_is_kept_whole():
     assert layout.child_name("demo", 2, "judge", 1) == "demo-i02-judge-a1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: long run names are cut to a common prefix with no hash, so two runs in one namespace "
-    "whose names share their first ~47 characters get the same child Job name (DESIGN principle 4: no "
-    "duplicate or shared child)",
-)
 def test_two_long_run_names_get_different_child_names():
     prefix = "team-alpha-llama-2-70b-self-rewarding-experiment-"
 

@@ -174,12 +174,6 @@ INVALID = [
         ("spec.baseModel", None),
         "spec.baseModel",
         id="missing-base-model",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG: a missing required field is reported at its parent ('spec: baseModel is a required "
-            "property'); the API server, whose field paths spec.py promises to match, says 'spec.baseModel: "
-            "Required value'",
-        ),
     ),
     pytest.param(("apiVersion", "selfreward.io/v1"), "apiVersion", id="wrong-api-version"),
     pytest.param(("metadata.name", None), "metadata.name", id="missing-name"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 STAGE_OUTPUTS: dict[str, dict[str, str]] = {
     "sft": {"model": "model"},
     "instruct": {"prompts": "prompts"},
@@ -30,6 +32,13 @@ def model_uri(root: str, base_model: str, iteration: int) -> str:
 
 
 def child_name(run: str, iteration: int, stage: str, attempt: int) -> str:
-    """`<run>-i<NN>-<stage>-a<N>`, at most 63 characters (the run name is shortened if needed)."""
+    """`<run>-i<NN>-<stage>-a<N>`, at most 63 characters.
+
+    A run name too long to fit is cut and given a hash of the whole name, so two long names
+    that share a prefix still get different children.
+    """
     suffix = f"-i{iteration:02d}-{stage}-a{attempt}"
-    return run[: 63 - len(suffix)].rstrip("-.") + suffix
+    if len(run) + len(suffix) <= 63:
+        return run + suffix
+    digest = hashlib.sha256(run.encode()).hexdigest()[:8]
+    return run[: 63 - len(suffix) - 9].rstrip("-.") + "-" + digest + suffix

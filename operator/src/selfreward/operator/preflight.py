@@ -31,4 +31,6 @@ def seed_errors(spec: dict[str, Any]) -> list[str]:
             errors.append(str(error))
         except FileNotFoundError:
             errors.append(f"spec.{field}: {uri} does not exist")
+        except Exception as error:  # storage unreachable or no credentials: say so, do not crash
+            errors.append(f"spec.{field}: cannot read {uri}: {type(error).__name__}: {error}")
     return errors

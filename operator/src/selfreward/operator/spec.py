@@ -101,6 +101,10 @@ def schema_errors(obj: dict[str, Any]) -> list[FieldError]:
             for name in sorted(set(error.instance) - known):
                 errors.append(FieldError(_path([*error.absolute_path, name]), "field not declared in schema (unknown field)"))
             continue
+        if error.validator == "required":
+            missing = error.message.split("'")[1]
+            errors.append(FieldError(_path([*error.absolute_path, missing]), "Required value"))
+            continue
         message = error.message
         if error.validator in ("minimum", "maximum", "enum", "pattern", "type", "minLength", "maxLength", "maxItems"):
             message = f"Invalid value: {error.instance!r}: {error.message}"

@@ -129,14 +129,20 @@ def parse_configs(text: str) -> list[StageConfig]:
 
 
 def summary_line(summary: dict[str, Any]) -> str:
-    """The one-line JSON summary, shortened to fit a termination message."""
+    """The one-line JSON summary, shortened to fit a termination message, always valid JSON."""
     line = json.dumps(summary, separators=(",", ":"), sort_keys=True)
     if len(line.encode()) <= TERMINATION_LIMIT:
         return line
-    trimmed = {k: summary[k] for k in ("stage", "iteration", "ok", "error", "metrics") if k in summary}
-    trimmed["truncated"] = True
-    line = json.dumps(trimmed, separators=(",", ":"), sort_keys=True)
-    return line[:TERMINATION_LIMIT]
+    kept = ("stage", "iteration", "attempt", "ok", "permanent", "reason", "error", "metrics", "shards")
+    trimmed = {k: summary[k] for k in kept if k in summary} | {"truncated": True}
+    if "error" in trimmed:
+        trimmed["error"] = str(trimmed["error"])[:1000]
+    for optional in ("shards", "metrics", "error"):
+        line = json.dumps(trimmed, separators=(",", ":"), sort_keys=True)
+        if len(line.encode()) <= TERMINATION_LIMIT:
+            return line
+        trimmed.pop(optional, None)
+    return json.dumps(trimmed, separators=(",", ":"), sort_keys=True)
 
 
 _summary_stream = sys.stdout
