@@ -75,7 +75,7 @@ def test_sft_commits_m1_to_s3(pipeline):
 def test_inference_stages_share_one_process_and_all_succeed(pipeline):
     m1 = pipeline["m1"]
     assert m1.code == 0, m1.stderr[-3000:]
-    assert [s["stage"] for s in pipeline["m1_chain"]] == ["evaluate", "instruct", "generate", "judge"]
+    assert [s.stage for s in pipeline["m1_chain"]] == ["evaluate", "instruct", "generate", "judge"]
     assert [s["stage"] for s in m1.summaries] == ["evaluate", "instruct", "generate", "judge"]
     assert all(s["ok"] for s in m1.summaries)
     assert m1.stderr.count("Loading safetensors checkpoint shards: 100%") == 1

@@ -139,3 +139,22 @@ def test_printer_columns_show_iteration_stage_phase_age(crd, namespace):
     table = crd.kubectl("get", "srr", "-n", namespace).stdout.splitlines()
     assert table[0].split() == ["NAME", "ITERATION", "STAGE", "PHASE", "AGE"]
     assert table[1].split()[:4] == ["demo", "2", "judge", "Running"]
+
+
+def test_the_executors_status_shape_round_trips_through_the_status_subresource(crd, namespace):
+    from selfreward.operator import plan as planner
+    from selfreward.operator import status as status_core
+    from tests.builders import ROOT
+
+    created = create(crd, namespace, run_object())
+    spec = validate(run_object())["spec"]
+    step = planner.plan(spec, {}, ROOT)
+    status = status_core.record_start({}, step, ["demo-i01-sft-a1"], at="2026-01-01T00:00:00Z")
+    status = status_core.record(status, step, {"ok": True, "shards": [{"index": 0, "skipped": False}],
+                                               "metrics": {"trainLoss": 1.25, "steps": 3}}, at="2026-01-01T00:05:00Z")
+    status = status_core.summarize(status, planner.plan(spec, status, ROOT), spec,
+                                   created["metadata"]["generation"], at="2026-01-01T00:05:00Z")
+
+    written = patch(crd, namespace, "demo", {"status": status}, "status")
+
+    assert written["status"] == status
