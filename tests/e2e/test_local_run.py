@@ -11,14 +11,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.fixtures.cluster import wait_for
 from tests.fixtures.s3 import s3_client, s3_env
-from tests.integration.conftest import REPO, SEED
+from tests.fixtures.models import REPO, SEED
 
 pytestmark = pytest.mark.e2e
 SELFREWARD = [sys.executable, "-m", "selfreward.operator.cli"]
@@ -47,16 +47,6 @@ def selfreward(*args: str, env: dict | None = None, timeout: float = 1500) -> su
                           env={**os.environ, "COLUMNS": "200", **(env or {})})
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @pytest.fixture
 def s3_run(s3_server, s3_bucket, tiny_model, tmp_path):
     run = quickstart_with(
@@ -81,13 +71,12 @@ def test_sigkill_during_judge_then_the_same_command_finishes(s3_run, s3_server, 
     client = s3_client(s3_server)
     shard0 = "runs/default/quickstart/iter-02/judgements/shard-00000-of-00002/_manifest.json"
 
-    def judge_shard0_committed():
-        assert first.poll() is None, "the run ended before the judge stage"
-        found = client.list_objects_v2(Bucket=s3_bucket, Prefix=shard0).get("KeyCount", 0)
-        return found == 1
+    def shard0_committed_or_run_ended():
+        return first.poll() is not None or client.list_objects_v2(Bucket=s3_bucket, Prefix=shard0)["KeyCount"] == 1
 
     try:
-        wait_for(judge_shard0_committed, 1200, "judge shard 0 to commit")
+        wait_for(shard0_committed_or_run_ended, 1200, "judge shard 0 to commit")
+        assert first.poll() is None, "the run ended before judge shard 0 was committed"
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()

@@ -11,7 +11,8 @@ from selfreward.operator import plan as planner
 from selfreward.operator.local import stage_config
 from selfreward.operator.spec import validate
 from selfreward.trainer.storage import Storage
-from tests.integration.conftest import SEED, run_stages
+from tests.fixtures.models import SEED
+from tests.integration.stages import run_stages
 
 pytestmark = pytest.mark.integration
 HF = {"SELFREWARD_BACKEND": "hf"}

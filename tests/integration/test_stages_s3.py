@@ -18,7 +18,8 @@ from selfreward.operator.local import stage_config
 from selfreward.operator.spec import load_run
 from selfreward.trainer.storage import MANIFEST, Storage, StorageOptions, sha256_bytes
 from tests.fixtures.s3 import s3_client, s3_env
-from tests.integration.conftest import REPO, SEED, run_stages
+from tests.fixtures.models import REPO, SEED
+from tests.integration.stages import run_stages
 
 pytestmark = pytest.mark.integration
 

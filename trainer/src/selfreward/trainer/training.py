@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from selfreward.trainer.contract import StageConfig
+from selfreward.trainer.contract import ConfigError, StageConfig
 from selfreward.trainer.progress import Progress
 from selfreward.trainer.storage import Storage, is_s3
 
@@ -51,7 +51,12 @@ def training_arguments(section: dict[str, Any], examples: int, output_dir: Path,
     import torch
 
     per_step = section["microBatchSize"] * world_size()
-    accumulation = max(1, section["batchSize"] // per_step)
+    if section["batchSize"] % per_step:
+        raise ConfigError(
+            f"batchSize {section['batchSize']} is not a multiple of microBatchSize {section['microBatchSize']} "
+            f"x {world_size()} processes: the global batch would not be what the spec says"
+        )
+    accumulation = section["batchSize"] // per_step
     steps_per_epoch = max(1, math.ceil(examples / section["batchSize"]))
     total_steps = steps_per_epoch * section["epochs"]
     scheduler: dict[str, Any] = (

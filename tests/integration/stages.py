@@ -1,5 +1,4 @@
-"""Shared pieces of the integration tier: a tiny model made once per session, and a way to run
-stage programs as the executors do (a subprocess per process group of stages)."""
+"""Running stage programs in tests as the executors do: a subprocess per group of stages."""
 
 from __future__ import annotations
 
@@ -8,20 +7,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-SEED = REPO / "examples" / "seed"
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    from selfreward.trainer.tiny import make_tiny_model, texts_from_jsonl
-
-    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", texts_from_jsonl(sorted(SEED.glob("*.jsonl"))))
 
 
 @dataclass
