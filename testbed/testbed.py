@@ -87,7 +87,11 @@ class S3Server:
     def stop(self) -> None:
         stop_pidfile(self.pid_file)
 
-    def create_bucket(self, name: str) -> None:
+    def create_bucket(self, name: str, timeout: float = 60.0) -> None:
+        """Create a bucket, waiting out MinIO's 503s while it initialises after reporting ready."""
+        wait_until(lambda: self._put_bucket(name), timeout, f"bucket {name}")
+
+    def _put_bucket(self, name: str) -> bool:
         """PUT a bucket (SigV4-signed with the stdlib, so `up` needs no boto3). Exists: fine."""
         now = datetime.datetime.now(datetime.timezone.utc)
         amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
@@ -111,8 +115,11 @@ class S3Server:
         try:
             urllib.request.urlopen(req, timeout=10).close()  # noqa: S310 - loopback only
         except urllib.error.HTTPError as e:
+            if e.code == 503:  # still initialising: wait_until tries again
+                return False
             if e.code != 409:  # BucketAlreadyOwnedByYou
                 raise
+        return True
 
 
 def start_minio(state_dir: Path, die_with_parent: bool = False, timeout: float = 60.0) -> S3Server:
