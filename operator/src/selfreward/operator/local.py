@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,20 @@ LOG_TAIL = 30
 class Paths:
     state: Path
     logs: Path
+    uid: Path
 
     @classmethod
     def for_run(cls, state_dir: Path, run: RunDocument) -> "Paths":
         base = state_dir / run.namespace / run.name
-        return cls(base / "status.json", base / "logs")
+        return cls(base / "status.json", base / "logs", base / "uid")
+
+
+def run_uid(path: Path) -> str:
+    """The local run's identity, made on its first execution (metadata.uid's local stand-in)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(uuid.uuid4()))
+    return path.read_text().strip()
 
 
 def load_status(path: Path) -> dict[str, Any]:
@@ -50,13 +60,14 @@ def save_status(path: Path, status: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def stage_config(run: RunDocument, root: str, step: planner.Step) -> dict[str, Any]:
+def stage_config(run: RunDocument, root: str, step: planner.Step, uid: str = "") -> dict[str, Any]:
     """The stage program's --config for one step (the contract in selfreward.trainer.contract)."""
     storage = run.spec["storage"]
     placement = run.spec["placement"][step.kind]
     return {
         "stage": step.stage,
         "run": run.name,
+        "runUid": uid,
         "namespace": run.namespace,
         "iteration": step.iteration,
         "attempt": step.attempt,
@@ -101,7 +112,8 @@ class LocalExecutor:
     def _run_chain(self, status: dict[str, Any], chain: list[planner.Step]) -> dict[str, Any]:
         names = ",".join(step.stage for step in chain)
         first = chain[0]
-        configs = [stage_config(self.run, self.root, step) for step in chain]
+        uid = run_uid(self.paths.uid)
+        configs = [stage_config(self.run, self.root, step, uid) for step in chain]
         log_path = self.paths.logs / f"iter-{first.iteration:02d}-{names.replace(',', '+')}-a{first.attempt}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.view.start_chain(chain)

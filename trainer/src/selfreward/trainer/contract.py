@@ -52,6 +52,7 @@ class StageConfig(_Strict):
 
     stage: Stage
     run: str
+    run_uid: str = Field("", alias="runUid", description="the run's identity (metadata.uid on Kubernetes)")
     namespace: str
     iteration: int = Field(ge=1)
     attempt: int = Field(1, ge=1)

@@ -7,6 +7,7 @@ Batch sizes are global: `batchSize` examples per optimizer step over all process
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -29,9 +30,14 @@ def world_size() -> int:
 
 
 def workdir(config: StageConfig) -> Path:
-    """Scratch space for checkpoints; a rerun in the same place resumes from them."""
+    """Scratch space for checkpoints; a rerun of the same stage of the same run resumes from them.
+
+    Keyed by the run's uid and the output URI: a new run with the same name, or the same run
+    writing elsewhere, never picks up these checkpoints.
+    """
     root = Path(os.environ.get(WORKDIR_ENV, Path.home() / ".cache" / "selfreward" / "work"))
-    return root / config.namespace / config.run / f"iter-{config.iteration:02d}" / config.stage.value
+    key = hashlib.sha256(f"{config.run_uid}/{config.output('model')}".encode()).hexdigest()[:16]
+    return root / config.namespace / config.run / f"iter-{config.iteration:02d}-{config.stage.value}-{key}"
 
 
 def load_model(model_dir: Path, dropout: float):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
-from selfreward.trainer.progress import Progress
+from selfreward.trainer.progress import Progress, note
 
 BACKEND_ENV = "SELFREWARD_BACKEND"
 
@@ -60,6 +60,7 @@ def open_backend(model_dir: Path, seed: int, processes: int = 1) -> Backend:
     if key not in _engines:
         for other in list(_engines):
             _engines.pop(other).close()
+        note("engine", f"loading {model_dir.name} ({kind})")
         if kind == "vllm":
             from selfreward.trainer.backends.vllm import VllmBackend
 
