@@ -8,10 +8,14 @@ from tests.builders import ROOT, stage_config
 
 
 def dpo_config(**overrides) -> StageConfig:
-    return StageConfig.model_validate(stage_config(
-        stage="dpo", shardCount=1, inputs={"model": f"{ROOT}/iter-01/model", "pairs": f"{ROOT}/iter-02/pairs"},
-        outputs={"model": f"{ROOT}/iter-02/model"}, runUid="uid-1", **overrides,
-    ))
+    fields = {
+        "stage": "dpo",
+        "shardCount": 1,
+        "inputs": {"model": f"{ROOT}/iter-01/model", "pairs": f"{ROOT}/iter-02/pairs"},
+        "outputs": {"model": f"{ROOT}/iter-02/model"},
+        "runUid": "uid-1",
+    }
+    return StageConfig.model_validate(stage_config(**(fields | overrides)))
 
 
 def test_the_same_stage_of_the_same_run_reuses_its_scratch():
