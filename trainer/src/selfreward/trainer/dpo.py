@@ -40,6 +40,11 @@ def _train(config: StageConfig, storage: Storage, model_dir_for, output: str) ->
             "pairs.minScoreGap (see the judge stage's metrics)"
         )
     model_dir = model_dir_for(config.input("model"))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = preference_rows(pairs)
+    too_long = training.count_over_length(
+        tokenizer, [r["prompt"] + r[side] for r in rows for side in ("chosen", "rejected")], section["maxLength"]
+    )
     scratch = training.workdir(config)
     arguments = training.training_arguments(section, len(pairs), scratch, config.random_seed)
     trainer = DPOTrainer(
@@ -51,13 +56,14 @@ def _train(config: StageConfig, storage: Storage, model_dir_for, output: str) ->
             loss_type=[section["lossType"]],
             disable_dropout=section["dropout"] == 0,
         ),
-        train_dataset=Dataset.from_list(preference_rows(pairs)).shuffle(seed=config.random_seed),
-        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        train_dataset=Dataset.from_list(rows).shuffle(seed=config.random_seed),
+        processing_class=tokenizer,
         callbacks=[training.progress_callback(config.stage.value)],
     )
     result = trainer.train(resume_from_checkpoint=training.last_checkpoint(scratch))
     metrics = {
         "pairs": len(pairs),
+        "sequencesOverMaxLength": too_long,
         "steps": trainer.state.global_step,
         "trainLoss": float(result.training_loss),
         **training.final_logs(

@@ -53,13 +53,15 @@ def _train(config: StageConfig, storage: Storage, model_dir_for, output: str) ->
     )
     rows = conversations(instructions, evaluations, judge.get("template"))
     model_dir = model_dir_for(config.input("model"))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    too_long = training.count_over_length(tokenizer, [r["prompt"] + r["completion"] for r in rows], section["maxLength"])
     scratch = training.workdir(config)
     arguments = training.training_arguments(section, len(rows), scratch, config.random_seed)
     trainer = SFTTrainer(
         model=training.load_model(model_dir, section["dropout"]),
         args=SFTConfig(**arguments, completion_only_loss=True, packing=False, dataset_num_proc=None),
         train_dataset=Dataset.from_list(rows).shuffle(seed=config.random_seed),
-        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        processing_class=tokenizer,
         callbacks=[training.progress_callback(config.stage.value)],
     )
     result = trainer.train(resume_from_checkpoint=training.last_checkpoint(scratch))
@@ -67,6 +69,7 @@ def _train(config: StageConfig, storage: Storage, model_dir_for, output: str) ->
         "examples": len(rows),
         "instructionExamples": len(instructions),
         "evaluationExamples": len(evaluations),
+        "examplesOverMaxLength": too_long,
         "steps": trainer.state.global_step,
         "trainLoss": float(result.training_loss),
         **training.final_logs(trainer.state.log_history, {"loss": "finalLoss"}),

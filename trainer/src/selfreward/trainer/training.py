@@ -114,6 +114,14 @@ def deepspeed_config(stage: int) -> dict[str, Any] | None:
     }
 
 
+def count_over_length(tokenizer, conversations: list[list[dict[str, str]]], max_length: int) -> int:
+    """How many chat conversations are longer than `max_length` tokens (they get truncated)."""
+    return sum(
+        1 for messages in conversations
+        if len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]) > max_length
+    )
+
+
 def progress_callback(stage: str):
     from transformers import TrainerCallback
 
