@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -57,12 +58,12 @@ class RichView(View):
         self.started = time.monotonic()
         stages = " + ".join(s.stage for s in chain)
         first = chain[0]
-        self.console.print(f"[cyan]iteration {first.iteration}[/]: {stages} (attempt {first.attempt}) on {first.model}")
+        self.console.print(f"[cyan]iteration {first.iteration}[/]: {stages} (attempt {first.attempt}) on {escape(first.model)}")
         self.progress.start()
 
     def event(self, event: dict[str, Any]) -> None:
         if event.get("selfreward") == "note":
-            self.console.print(f"  [dim]{event['stage']}: {event['message']}[/]")
+            self.console.print(f"  [dim]{event['stage']}: {escape(str(event['message']))}[/]")
             return
         key = (event["stage"], event.get("shard", 0))
         description = f"{event['stage']} shard {key[1]}"
@@ -81,7 +82,7 @@ class RichView(View):
             note = f"shards run {ran}, skipped (already committed) {skipped}" if skipped else f"{summary.get('seconds', 0)}s"
             self.console.print(f"  [green]✓[/] {step.stage}: {note}  {_brief(summary.get('metrics', {}))}")
         else:
-            self.console.print(f"  [red]✗[/] {step.stage}: {summary.get('reason', '')}: {summary.get('error', '')}")
+            self.console.print(f"  [red]✗[/] {step.stage}: {summary.get('reason', '')}: {escape(str(summary.get('error', '')))}")
 
 
 def _brief(metrics: dict[str, Any]) -> str:
@@ -108,7 +109,7 @@ def print_report(console: Console, status: dict[str, Any]) -> None:
     console.print(artifacts)
     failed = next((c for c in status.get("conditions", []) if c["type"] == "Failed" and c["status"] == "True"), None)
     if failed:
-        console.print(f"[red]{failed['reason']}[/]: {failed['message']}")
+        console.print(f"[red]{failed['reason']}[/]: {escape(failed['message'])}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,17 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = load_run(args.file)
     except SpecError as error:
-        errors.print(f"[red]error:[/] {error}", markup=True, soft_wrap=True)
+        errors.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
         return EXIT_INVALID
     except FileNotFoundError as error:
-        errors.print(f"[red]error:[/] {error}")
+        errors.print(f"[red]error:[/] {escape(str(error))}")
         return EXIT_INVALID
     if args.command in ("validate", "run"):
         from selfreward.operator.preflight import seed_errors
 
         problems = seed_errors(run.spec)
         if problems:
-            errors.print("[red]error:[/] " + "\n".join(problems), soft_wrap=True)
+            errors.print("[red]error:[/] " + escape("\n".join(problems)), soft_wrap=True)
             return EXIT_INVALID
     if args.command == "validate":
         console.print(f"{args.file}: valid {run.namespace}/{run.name}")
