@@ -25,7 +25,6 @@ from selfreward.operator import plan as planner
 from selfreward.operator import status as status_core
 from selfreward.operator.spec import RunDocument
 
-EVENT_KEY = "selfreward"
 LOG_TAIL = 30
 
 
@@ -193,14 +192,11 @@ def _summary(line: str) -> dict[str, Any] | None:
 
 
 def _pump_stderr(stream, log, tail: deque, on_event: Callable[[dict[str, Any]], None]) -> None:
+    from selfreward.trainer.progress import parse_event  # the stage programs' event format
+
     for line in stream:
-        event = None
-        if line.startswith("{") and EVENT_KEY in line:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                event = None
-        if isinstance(event, dict) and EVENT_KEY in event:
+        event = parse_event(line)
+        if event is not None:
             on_event(event)
         else:
             log.write(line)

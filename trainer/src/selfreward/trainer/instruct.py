@@ -22,7 +22,7 @@ from selfreward.trainer.filters import (
 )
 from selfreward.trainer.progress import Progress
 from selfreward.trainer.stagekit import StageResult, rng_for, run_single, sampling_seed
-from selfreward.trainer.storage import Storage, join
+from selfreward.trainer.storage import Storage
 
 PROMPTS_FILE = "prompts.jsonl"
 
@@ -106,7 +106,3 @@ def _examples(rng, seed_prompts: list[str], generated: list[str], few_shot: dict
     examples = from_seed + from_generated
     rng.shuffle(examples)
     return examples
-
-
-def prompts_uri(folder: str) -> str:
-    return join(folder, PROMPTS_FILE)

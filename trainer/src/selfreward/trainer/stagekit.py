@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from selfreward.trainer.contract import StageConfig
 from selfreward.trainer.progress import note
-from selfreward.trainer.storage import Storage, join
+from selfreward.trainer.storage import MANIFEST, Storage, join
 
 Item = TypeVar("Item")
 FAILPOINT_ENV = "SELFREWARD_FAILPOINT"  # "<stage>/<shard>": block after committing that shard
@@ -103,18 +103,11 @@ def run_single(config: StageConfig, storage: Storage, folder: str, work: Callabl
 
 def read_sharded(storage: Storage, folder: str, name: str) -> list[dict[str, Any]]:
     """All rows of a sharded output, every shard committed; refuses a partial stage."""
-    shards: dict[str, list[str]] = {}
-    for uri in storage.list(folder):
-        if uri.endswith("/_manifest.json"):
-            shard = uri.rsplit("/", 2)[-2]
-            shards.setdefault(shard, [])
+    shards = sorted({uri.rsplit("/", 2)[-2] for uri in storage.list(folder) if uri.endswith(f"/{MANIFEST}")})
     if not shards:
         raise FileNotFoundError(f"{folder}: no committed shards")
-    counts = {name_.rsplit("-of-", 1)[-1] for name_ in shards}
+    counts = {shard.rsplit("-of-", 1)[-1] for shard in shards}
     expected = int(next(iter(counts)))
     if len(counts) != 1 or len(shards) != expected:
         raise FileNotFoundError(f"{folder}: {len(shards)} of {expected} shards committed")
-    rows: list[dict[str, Any]] = []
-    for shard in sorted(shards):
-        rows.extend(storage.read_committed_jsonl(join(folder, shard), name))
-    return rows
+    return [row for shard in shards for row in storage.read_committed_jsonl(join(folder, shard), name)]

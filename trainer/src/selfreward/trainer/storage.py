@@ -144,13 +144,6 @@ class Storage:
                 if path.is_file() and not path.name.startswith("."):
                     yield str(path)
 
-    # ---- JSON Lines ------------------------------------------------------------------------
-    def write_jsonl(self, uri: str, rows: list[dict[str, Any]]) -> None:
-        self.write_text(uri, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-    def read_jsonl(self, uri: str) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.read_text(uri).splitlines() if line.strip()]
-
     # ---- manifests -------------------------------------------------------------------------
     def read_manifest(self, folder: str) -> dict[str, Any] | None:
         """The folder's manifest, or None when the folder is not committed."""
