@@ -1,6 +1,6 @@
 """Progress events: one JSON object per line on stderr, read live by the local executor.
 
-`{"event": "progress", "stage": "judge", "shard": 0, "done": 12, "total": 48, "unit": "prompts"}`
+`{"selfreward": "progress", "stage": "judge", "shard": 0, "done": 12, "total": 48, "unit": "judgements"}`
 Anything else on stderr (library logs) passes through untouched.
 """
 
@@ -22,10 +22,6 @@ class Progress:
         self.interval = interval
         self._last = 0.0
         self._emit(force=True)
-
-    def update(self, count: int = 1) -> None:
-        self.done += count
-        self._emit()
 
     def set(self, done: int, total: int | None = None) -> None:
         self.done = done
