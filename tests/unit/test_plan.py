@@ -38,7 +38,7 @@ def test_a_new_run_starts_with_sft_of_the_base_model():
         "evaluations": SPEC["seed"]["evaluations"],
     }
     assert step.model == BASE_MODEL
-    assert step.outputs == {"model": f"{ROOT}/iter-01/model"}
+    assert step.outputs == {"model": f"{ROOT}/iter-01/model", "checkpoints": f"{ROOT}/iter-01/checkpoints"}
     assert step.kind == "training"
 
 
@@ -110,7 +110,7 @@ def test_iteration_2_uses_m1_until_dpo_has_trained_m2(stage, model):
             {"judgements": "iter-02/judgements", "pairs": "iter-02/pairs"},
             id="judge",
         ),
-        pytest.param("dpo", {"pairs": "iter-02/pairs"}, {"model": "iter-02/model"}, id="dpo"),
+        pytest.param("dpo", {"pairs": "iter-02/pairs"}, {"model": "iter-02/model", "checkpoints": "iter-02/checkpoints"}, id="dpo"),
     ],
 )
 def test_each_stage_reads_what_the_one_before_wrote(stage, inputs, outputs):

@@ -283,11 +283,23 @@ def test_status_functions_never_change_their_input(call):
     assert status == FAILED_STATUS
 
 
-def test_reset_failed_gives_a_failed_stage_its_retries_back():
+def test_reset_failed_gives_a_failed_stage_its_retries_back_under_a_new_attempt_number():
     status = reset_failed(status_with((1, "sft", "Succeeded"), (1, "evaluate", "Failed", 3, {"permanent": True})))
 
     item = find_stage(status, 1, "evaluate")
-    assert (item["state"], item["attempt"], item["permanent"]) == ("Pending", 0, False)
+    assert (item["state"], item["attempt"], item["permanent"]) == ("Pending", 3, False)
     assert find_stage(status, 1, "sft")["state"] == "Succeeded"
     decision = planner.plan(SPEC, status, ROOT)
-    assert (decision.stage, decision.attempt) == ("evaluate", 1)
+    assert (decision.stage, decision.attempt) == ("evaluate", 4)  # child names ...-a1..a3 are never reused
+
+
+def test_after_reset_failed_the_stage_has_its_whole_retry_budget_again():
+    limit = SPEC["retries"]["limit"]
+    status = reset_failed(status_with((1, "sft", "Succeeded"), (1, "evaluate", "Failed", 3)))
+    for attempt in range(4, 4 + limit):
+        status = record(status, planner.step_for(SPEC, ROOT, 1, "evaluate", attempt), {"ok": False, "reason": "Flaky"})
+        decision = planner.plan(SPEC, status, ROOT)
+        assert isinstance(decision, planner.Step) and decision.attempt == attempt + 1
+
+    status = record(status, planner.step_for(SPEC, ROOT, 1, "evaluate", 4 + limit), {"ok": False, "reason": "Flaky"})
+    assert isinstance(planner.plan(SPEC, status, ROOT), planner.Failed)

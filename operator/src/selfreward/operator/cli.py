@@ -4,11 +4,13 @@
     selfreward run run.yaml             run it here, resuming where it stopped
     selfreward status run.yaml -o json  its status, the same shape as the CR's .status
     selfreward report run.yaml          the per-iteration table
+    selfreward lineage run.yaml         what each artifact was made from, read from its manifests
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -23,12 +25,14 @@ from rich.table import Table
 from rich.text import Text
 
 from selfreward.operator import plan as planner
-from selfreward.operator.local import LocalExecutor, Paths, View, load_status
+from selfreward.operator import layout
+from selfreward.operator.local import LocalExecutor, Paths, RunBusy, View, load_status
 from selfreward.operator.report import COLUMNS, artifact_rows, iteration_rows
 from selfreward.operator.spec import SpecError, load_run
 
 EXIT_INVALID = 2
 EXIT_FAILED = 1
+EXIT_BUSY = 3
 DEFAULT_STATE_DIR = Path(".selfreward/state")
 
 
@@ -112,16 +116,44 @@ def print_report(console: Console, status: dict[str, Any]) -> None:
         console.print(f"[red]{failed['reason']}[/]: {escape(failed['message'])}")
 
 
+def print_lineage(console: Console, run, output: str) -> int:
+    from selfreward.operator.lineage import collect
+    from selfreward.trainer.storage import Storage, StorageOptions
+
+    storage_spec = run.spec["storage"]
+    storage = Storage(StorageOptions(storage_spec.get("endpoint"), storage_spec.get("region"), storage_spec["addressingStyle"]))
+    entries = collect(storage, run.spec, layout.run_root(storage_spec["uri"], run.namespace, run.name))
+    if output == "json":
+        print(json.dumps(entries, indent=2, sort_keys=True))
+        return 0
+    if output == "yaml":
+        print(yaml.safe_dump(entries, sort_keys=True))
+        return 0
+    for entry in entries:
+        shards = f" ({entry['shards']} shards)" if entry["shards"] else ""
+        console.print(f"[cyan]iter {entry['iteration']:02d} {entry['stage']}[/] -> [bold]{entry['output']}[/]{shards} "
+                      f"{escape(entry['uri'])}  made {entry['committedAt']}, fingerprint {', '.join(f[:12] for f in entry['fingerprints'])}")
+        for item in entry["inputs"]:
+            style = "green" if item["current"] == "matches" else "red"
+            console.print(f"    from {item['name']}: {escape(item['uri'])}  {item['identity'][:12]} [{style}]({item['current']})[/]")
+    if not entries:
+        console.print("nothing committed yet")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="selfreward", description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="where local runs keep their status")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("validate", "check a run.yaml"), ("run", "run it on this machine"),
-                       ("status", "print its status"), ("report", "print the per-iteration table")):
+                       ("status", "print its status"), ("report", "print the per-iteration table"),
+                       ("lineage", "what each artifact was made from")):
         command = commands.add_parser(name, help=text)
         command.add_argument("file", type=Path)
         if name == "status":
             command.add_argument("-o", "--output", choices=("json", "yaml"), default="yaml")
+        if name == "lineage":
+            command.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text")
         if name == "run":
             command.add_argument("--retry-failed", action="store_true", help="give failed stages a fresh set of retries")
     args = parser.parse_args(argv)
@@ -135,13 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:
         errors.print(f"[red]error:[/] {escape(str(error))}")
         return EXIT_INVALID
+    identities: dict[str, str] = {}
+    if args.command in ("validate", "run", "lineage") and importlib.util.find_spec("selfreward.trainer") is None:
+        errors.print(f"[red]error:[/] `selfreward {args.command}` needs the stage programs: "
+                     "pip install 'selfreward-operator[local]'")
+        return EXIT_INVALID
     if args.command in ("validate", "run"):
-        from selfreward.operator.preflight import seed_errors
+        from selfreward.operator.preflight import check
 
-        problems = seed_errors(run.spec)
-        if problems:
-            errors.print("[red]error:[/] " + escape("\n".join(problems)), soft_wrap=True)
+        preflight = check(run.spec)
+        if preflight.errors:
+            errors.print("[red]error:[/] " + escape("\n".join(preflight.errors)), soft_wrap=True)
             return EXIT_INVALID
+        identities = preflight.identities
     if args.command == "validate":
         console.print(f"{args.file}: valid {run.namespace}/{run.name}")
         return 0
@@ -153,8 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         print_report(console, load_status(paths.state))
         return 0
+    if args.command == "lineage":
+        return print_lineage(console, run, args.output)
     started = time.monotonic()
-    status = LocalExecutor(run, args.state_dir, RichView(console)).execute(retry_failed=args.retry_failed)
+    try:
+        status = LocalExecutor(run, args.state_dir, RichView(console), identities=identities).execute(retry_failed=args.retry_failed)
+    except RunBusy as error:
+        errors.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
+        return EXIT_BUSY
     print_report(console, status)
     console.print(f"{run.namespace}/{run.name}: {status.get('phase')} in {time.monotonic() - started:.0f}s; status in {paths.state}")
     return 0 if status.get("phase") in ("Succeeded", "Suspended") else EXIT_FAILED

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 
 STAGE_OUTPUTS: dict[str, dict[str, str]] = {
-    "sft": {"model": "model"},
+    "sft": {"model": "model", "checkpoints": "checkpoints"},
     "instruct": {"prompts": "prompts"},
     "generate": {"candidates": "candidates"},
     "judge": {"judgements": "judgements", "pairs": "pairs"},
-    "dpo": {"model": "model"},
+    "dpo": {"model": "model", "checkpoints": "checkpoints"},
     "evaluate": {"evaluation": "evaluation"},
 }
 

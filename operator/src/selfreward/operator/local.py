@@ -8,8 +8,11 @@ resumes: committed stages are skipped by the planner, committed shards by the st
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,11 +36,12 @@ class Paths:
     state: Path
     logs: Path
     uid: Path
+    lock: Path
 
     @classmethod
     def for_run(cls, state_dir: Path, run: RunDocument) -> "Paths":
         base = state_dir / run.namespace / run.name
-        return cls(base / "status.json", base / "logs", base / "uid")
+        return cls(base / "status.json", base / "logs", base / "uid", base / "lock")
 
 
 def run_uid(path: Path) -> str:
@@ -73,6 +77,7 @@ def stage_config(run: RunDocument, root: str, step: planner.Step, uid: str = "")
         "inputs": step.inputs,
         "outputs": step.outputs,
         "shardCount": step.shard_count,
+        "inputShards": step.input_shards,
         "randomSeed": run.spec["randomSeed"],
         "processes": placement["processesPerReplica"],
         "spec": step.sections,
@@ -81,31 +86,46 @@ def stage_config(run: RunDocument, root: str, step: planner.Step, uid: str = "")
 
 
 class LocalExecutor:
-    def __init__(self, run: RunDocument, state_dir: Path, view: "View", python: str = sys.executable):
+    """Runs one run on this machine. `identities` are the content identities of the run's seed
+    files and models (preflight.input_identities): a changed file reruns what was made from it."""
+
+    def __init__(self, run: RunDocument, state_dir: Path, view: "View", python: str = sys.executable,
+                 identities: dict[str, str] | None = None):
         self.run = run
         self.paths = Paths.for_run(state_dir, run)
         self.root = layout.run_root(run.spec["storage"]["uri"], run.namespace, run.name)
         self.view = view
         self.python = python
+        self.identities = identities or {}
 
     def execute(self, retry_failed: bool = False) -> dict[str, Any]:
-        """Run until the run succeeds, fails or is suspended; returns the final status."""
+        """Run until the run succeeds, fails or is suspended; returns the final status.
+
+        Holds the run's lock throughout: RunBusy when another executor runs it.
+        """
+        with RunLock(self.paths.lock):
+            return self._execute(retry_failed)
+
+    def _execute(self, retry_failed: bool) -> dict[str, Any]:
+        spec = self.run.spec
         status = load_status(self.paths.state)
         if retry_failed:
             status = status_core.reset_failed(status)
         while True:
-            decision = planner.plan(self.run.spec, status, self.root)
+            decision = planner.plan(spec, status, self.root, self.identities)
             if isinstance(decision, planner.Waiting):
                 # Status says Running, yet no process of ours runs it: the last executor died.
                 # Rerun the same attempt; the stage program skips what was committed.
                 self.view.line(f"iteration {decision.iteration} {decision.stage}: resuming an interrupted stage")
-                attempt = planner.stage_status(status, decision.iteration, decision.stage).get("attempt", 1)
-                decision = planner.step_for(self.run.spec, self.root, decision.iteration, decision.stage, attempt)
-            status = status_core.summarize(status, decision, self.run.spec)
+                decision = planner.resume_step(spec, status, self.root, decision, self.identities)
+            elif isinstance(decision, planner.Step) and decision.restart:
+                self.view.line(f"iteration {decision.iteration} {decision.stage}: its inputs changed since it ran, "
+                               f"running it again (attempt {decision.attempt})")
+            status = status_core.summarize(status, decision, spec)
             save_status(self.paths.state, status)
             if not isinstance(decision, planner.Step):
                 return status
-            chain = planner.plan_chain(self.run.spec, status, self.root, status_core.record, first=decision)
+            chain = planner.plan_chain(spec, status, self.root, status_core.record, first=decision, identities=self.identities)
             status = self._run_chain(status, chain)
 
     def _run_chain(self, status: dict[str, Any], chain: list[planner.Step]) -> dict[str, Any]:
@@ -129,12 +149,13 @@ class LocalExecutor:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 preexec_fn=_die_with_parent,
             )
+            sink = LogSink(log)
             tail: deque[str] = deque(maxlen=LOG_TAIL)
-            reader = threading.Thread(target=_pump_stderr, args=(process.stderr, log, tail, self.view.event), daemon=True)
+            reader = threading.Thread(target=_pump_stderr, args=(process.stderr, sink, tail, self.view.event), daemon=True)
             reader.start()
             running: planner.Step | None = pending.pop(0)
             for line in process.stdout:
-                log.write(line)
+                sink.write(line)
                 summary = _summary(line)
                 if summary is None or running is None:
                     continue
@@ -147,8 +168,7 @@ class LocalExecutor:
             code = process.wait()
             reader.join()
         if running is not None:
-            message = f"stage program exited with code {code} before reporting; last output:\n" + "".join(tail)[-1500:]
-            summary = {"ok": False, "reason": "ProcessExited", "error": message}
+            summary = exit_summary(code, "".join(tail)[-1500:])
             status = status_core.record(status, running, summary)
             save_status(self.paths.state, status)
             self.view.finish_step(running, summary)
@@ -165,7 +185,7 @@ class LocalExecutor:
 
     def _back_off(self, status: dict[str, Any]) -> None:
         backoff = self.run.spec["retries"]["backoffSeconds"]
-        decision = planner.plan(self.run.spec, status, self.root)
+        decision = planner.plan(self.run.spec, status, self.root, self.identities)
         if isinstance(decision, planner.Step) and backoff:
             self.view.line(f"retrying {decision.stage} (attempt {decision.attempt}) in {backoff}s")
             time.sleep(backoff)
@@ -174,7 +194,6 @@ class LocalExecutor:
 def _die_with_parent() -> None:
     """Linux: the stage program gets SIGKILL when the executor dies, so no orphan keeps writing."""
     import ctypes
-    import signal
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -191,7 +210,68 @@ def _summary(line: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) and "ok" in value and "stage" in value else None
 
 
-def _pump_stderr(stream, log, tail: deque, on_event: Callable[[dict[str, Any]], None]) -> None:
+def exit_summary(code: int, last_output: str) -> dict[str, Any]:
+    """The summary of a stage program that died before reporting: a kill (the kernel's OOM
+    killer, or anyone's SIGKILL) and a crash are transient, retried within spec.retries."""
+    if code < 0:
+        name = signal.Signals(-code).name
+        reason = "OOMKilled" if -code == signal.SIGKILL else "Killed"
+        message = f"stage program was killed by {name} (out of memory, if nobody sent it)"
+    else:
+        reason, message = "ProcessExited", f"stage program exited with code {code} before reporting"
+    return {"ok": False, "permanent": False, "reason": reason, "error": f"{message}; last output:\n{last_output}"}
+
+
+class LogSink:
+    """One log file written from two threads (stdout and stderr pumps), a whole line at a time."""
+
+    def __init__(self, log):
+        self.log = log
+        self.lock = threading.Lock()
+
+    def write(self, line: str) -> None:
+        with self.lock:
+            self.log.write(line if line.endswith("\n") else line + "\n")
+            self.log.flush()
+
+
+class RunBusy(RuntimeError):
+    """Another executor holds the run's lock."""
+
+
+class RunLock:
+    """One executor per run: an exclusive lock on `<state>/<ns>/<run>/lock`, naming its holder.
+
+    The kernel releases it when the holder dies, even by SIGKILL, so a crashed run never blocks
+    the command that resumes it.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunBusy(f"the run is already running here ({holder}); its lock is {self.path}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.handle.close()
+
+
+def _pump_stderr(stream, sink: LogSink, tail: deque, on_event: Callable[[dict[str, Any]], None]) -> None:
     from selfreward.trainer.progress import parse_event  # the stage programs' event format
 
     for line in stream:
@@ -199,7 +279,7 @@ def _pump_stderr(stream, log, tail: deque, on_event: Callable[[dict[str, Any]], 
         if event is not None:
             on_event(event)
         else:
-            log.write(line)
+            sink.write(line)
             tail.append(line)
 
 

@@ -4,13 +4,23 @@ Both executors (kopf handlers, and `selfreward run` locally) ask `plan` what to 
 what happened with `status.py`; neither decides anything itself. Iteration 1 trains M1 by SFT;
 iteration t > 1 makes prompts, candidates, judgements and pairs with M_(t-1), then trains M_t
 by DPO. Each iteration ends by evaluating its model when evaluation is enabled.
+
+Every step has a fingerprint: the spec sections and seed its stage uses, its input URIs, the
+fingerprints of the stages that make those inputs, and, where the executor can read them, the
+content identities of the run's external inputs (seed files, models). Status records the
+fingerprint each stage ran with; a stage whose fingerprint changed since (an edited spec, seed
+file or base model, or any change upstream of it) is run again, with a new attempt number and a
+fresh retry budget. Its stage program then finds its old output made from other inputs and
+makes it again (stagekit in the trainer); nothing stale is reused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Mapping
 
 from selfreward.operator import layout
 
@@ -47,6 +57,9 @@ class Step:
     outputs: dict[str, str]
     shard_count: int
     sections: dict[str, Any] = field(default_factory=dict)
+    input_shards: dict[str, int] = field(default_factory=dict)
+    fingerprint: str = ""
+    restart: bool = False  # a new run of a stage whose inputs changed: its retry budget starts again
 
     @property
     def kind(self) -> str:
@@ -96,32 +109,45 @@ def stage_status(status: dict[str, Any], iteration: int, stage: str) -> dict[str
     return {}
 
 
-def plan(spec: dict[str, Any], status: dict[str, Any], root: str) -> Decision:
-    """The next thing to do. `root` is the run's artifact root (layout.run_root)."""
+def plan(spec: dict[str, Any], status: dict[str, Any], root: str, identities: Mapping[str, str] | None = None) -> Decision:
+    """The next thing to do. `root` is the run's artifact root (layout.run_root); `identities`
+    maps external input URIs (seed files, models) to their content identity, where known."""
+    fingerprints = Fingerprints(spec, root, identities or {})
     for iteration in range(1, spec["iterations"] + 1):
         for stage in stages_of(iteration, spec):
             current = stage_status(status, iteration, stage)
             state = current.get("state", StageState.PENDING.value)
-            if state == StageState.SUCCEEDED.value:
+            expected = fingerprints.of(iteration, stage)
+            recorded = current.get("fingerprint")  # absent in statuses written before fingerprints
+            changed = state != StageState.PENDING.value and recorded is not None and recorded != expected
+            if state == StageState.SUCCEEDED.value and not changed:
                 continue
             attempt = current.get("attempt", 0)
             if state == StageState.RUNNING.value:
                 return Waiting(iteration, stage)
-            if state == StageState.FAILED.value:
-                if current.get("permanent") or attempt > spec["retries"]["limit"]:
+            if state == StageState.FAILED.value and not changed:
+                if current.get("permanent") or attempt - current.get("retryBase", 0) > spec["retries"]["limit"]:
                     return Failed(iteration, stage, current.get("reason", "StageFailed"), current.get("message", ""))
             if spec["suspend"]:
                 return Suspended()
-            return step_for(spec, root, iteration, stage, max(attempt, 0) + 1)
+            return step_for(spec, root, iteration, stage, attempt + 1, status, expected, restart=changed)
     return Done()
 
 
-def step_for(spec: dict[str, Any], root: str, iteration: int, stage: str, attempt: int) -> Step:
+def resume_step(spec: dict[str, Any], status: dict[str, Any], root: str, waiting: Waiting,
+                identities: Mapping[str, str] | None = None) -> Step:
+    """The step of a stage that status says is running: same attempt, same shard count."""
+    attempt = stage_status(status, waiting.iteration, waiting.stage).get("attempt", 1)
+    expected = Fingerprints(spec, root, identities or {}).of(waiting.iteration, waiting.stage)
+    return step_for(spec, root, waiting.iteration, waiting.stage, attempt, status, expected)
+
+
+def stage_inputs(spec: dict[str, Any], root: str, iteration: int, stage: str) -> dict[str, Any]:
+    """The input URIs of a stage: the model it loads, seed files, earlier stages' outputs."""
     base = spec["baseModel"]["uri"]
     trains_from = layout.model_uri(root, base, iteration - 1)
-    model = layout.model_uri(root, base, iteration) if stage == "evaluate" else trains_from
     folder = lambda name, t=iteration: layout.iteration_folder(root, t, name)  # noqa: E731
-    inputs: dict[str, Any] = {"model": model}
+    inputs: dict[str, Any] = {"model": layout.model_uri(root, base, iteration) if stage == "evaluate" else trains_from}
     if stage == "sft":
         inputs |= {"instructions": spec["seed"]["instructions"], "evaluations": spec["seed"]["evaluations"]}
     elif stage == "instruct":
@@ -138,7 +164,69 @@ def step_for(spec: dict[str, Any], root: str, iteration: int, stage: str, attemp
         inputs["pairs"] = folder("pairs")
     elif stage == "evaluate":
         inputs["holdout"] = spec["seed"]["evaluationHoldout"]
-    shards = spec["placement"]["inference"]["replicas"] if stage in SHARDED_STAGES else 1
+    return inputs
+
+
+class Fingerprints:
+    """Each stage's fingerprint, from the spec alone plus the identities of external inputs."""
+
+    def __init__(self, spec: dict[str, Any], root: str, identities: Mapping[str, str]):
+        self.spec, self.root, self.identities = spec, root, identities
+        self.producers = {
+            uri: (t, stage)
+            for t in range(1, spec["iterations"] + 1)
+            for stage in stages_of(t, spec)
+            for uri in layout.stage_outputs(root, t, stage).values()
+        }
+        self.known: dict[tuple[int, str], str] = {}
+
+    def of(self, iteration: int, stage: str) -> str:
+        key = (iteration, stage)
+        if key not in self.known:
+            inputs = stage_inputs(self.spec, self.root, iteration, stage)
+            made_from = {
+                "stage": stage,
+                "randomSeed": self.spec["randomSeed"],
+                "sections": {name: self.spec[name] for name in STAGE_SECTIONS[stage]},
+                "inputs": {
+                    name: [self._input(uri) for uri in value] if isinstance(value, list) else self._input(value)
+                    for name, value in sorted(inputs.items())
+                },
+            }
+            text = json.dumps(made_from, sort_keys=True, separators=(",", ":"))
+            self.known[key] = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return self.known[key]
+
+    def _input(self, uri: str) -> dict[str, Any]:
+        if uri in self.producers:
+            return {"uri": uri, "madeBy": self.of(*self.producers[uri])}
+        return {"uri": uri, "identity": self.identities.get(uri, "")}
+
+
+def shard_count(spec: dict[str, Any], status: dict[str, Any], iteration: int, stage: str, restart: bool = False) -> int:
+    """Shards of a sharded stage: a stage keeps the count it started with (a change of
+    placement.inference.replicas applies to stages not yet started), and judge shard i reads
+    candidates shard i, so judge always has generate's count."""
+    if stage == "judge":
+        return shard_count(spec, status, iteration, "generate")
+    current = stage_status(status, iteration, stage)
+    started = current.get("state") in (StageState.RUNNING.value, StageState.FAILED.value, StageState.SUCCEEDED.value)
+    if started and not restart and current.get("shardCount"):
+        return current["shardCount"]
+    return spec["placement"]["inference"]["replicas"]
+
+
+def step_for(spec: dict[str, Any], root: str, iteration: int, stage: str, attempt: int,
+             status: dict[str, Any] | None = None, fingerprint: str = "", restart: bool = False) -> Step:
+    """The step that runs `stage` of `iteration`; `status` supplies the shard counts stages started with."""
+    status = status or {}
+    fingerprint = fingerprint or Fingerprints(spec, root, {}).of(iteration, stage)
+    inputs = stage_inputs(spec, root, iteration, stage)
+    input_shards = {}
+    if stage == "judge":
+        input_shards["candidates"] = shard_count(spec, status, iteration, "generate")
+    elif stage == "dpo":
+        input_shards["pairs"] = shard_count(spec, status, iteration, "judge")
     return Step(
         iteration=iteration,
         stage=stage,
@@ -146,25 +234,29 @@ def step_for(spec: dict[str, Any], root: str, iteration: int, stage: str, attemp
         model=inputs["model"],
         inputs=inputs,
         outputs=layout.stage_outputs(root, iteration, stage),
-        shard_count=shards,
+        shard_count=shard_count(spec, status, iteration, stage, restart) if stage in SHARDED_STAGES else 1,
         sections={name: spec[name] for name in STAGE_SECTIONS[stage]},
+        input_shards=input_shards,
+        fingerprint=fingerprint,
+        restart=restart,
     )
 
 
-def plan_chain(spec: dict[str, Any], status: dict[str, Any], root: str, record, first: Step | None = None) -> list[Step]:
+def plan_chain(spec: dict[str, Any], status: dict[str, Any], root: str, record, first: Step | None = None,
+               identities: Mapping[str, str] | None = None) -> list[Step]:
     """The next step and the inference steps after it that load the same model.
 
     Running them in one process (or pod) saves a model load per stage. `record(status, step,
     summary)` is status.record, passed in to keep this module free of status-building logic.
     """
-    first = first or plan(spec, status, root)
+    first = first or plan(spec, status, root, identities)
     if not isinstance(first, Step):
         return []
     chain = [first]
     simulated = status
     while chain[-1].kind == "inference":
         simulated = record(simulated, chain[-1], {"ok": True, "shards": [], "metrics": {}})
-        following = plan(spec, simulated, root)
+        following = plan(spec, simulated, root, identities)
         if not isinstance(following, Step) or following.kind != "inference" or following.model != first.model:
             break
         chain.append(following)

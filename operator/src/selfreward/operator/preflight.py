@@ -1,36 +1,64 @@
-"""Checks a local run makes before anything starts: the seed files parse, row by row.
+"""Checks a local run makes before anything starts, and what it learns doing them.
 
-A malformed seed row is reported with its file and line, and nothing runs. Used by
-`selfreward run` and `selfreward validate`; the stage programs check again on their own.
+The seed files must parse, row by row (a malformed row is reported with its file and line), and
+every model the spec names must be a loadable Hugging Face folder: a plain folder the user
+uploaded is fine, a missing or half-uploaded one is refused naming the field. Nothing runs until
+all of it holds. Used by `selfreward run` and `selfreward validate`; the stage programs check
+again on their own. The content identities found on the way let the planner rerun whatever was
+made from a seed file or model that changed since.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 
-def seed_errors(spec: dict[str, Any]) -> list[str]:
-    """One message per unreadable or malformed seed file (empty when all are good)."""
-    from selfreward.trainer.data import DataError, EvaluationRow, HoldoutRow, InstructionRow, read_rows, score_in_range
-    from selfreward.trainer.storage import Storage, StorageOptions
+@dataclass
+class Preflight:
+    errors: list[str] = field(default_factory=list)
+    identities: dict[str, str] = field(default_factory=dict)  # external input URI -> content identity
+
+
+def model_fields(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    fields = [("spec.baseModel.uri", spec["baseModel"]["uri"])]
+    if spec["promptGeneration"].get("model"):
+        fields.append(("spec.promptGeneration.model", spec["promptGeneration"]["model"]))
+    return fields
+
+
+def check(spec: dict[str, Any]) -> Preflight:
+    """Read every seed file and look at every model; one message per problem."""
+    from selfreward.trainer.data import DataError, EvaluationRow, HoldoutRow, InstructionRow, parse_jsonl, score_in_range
+    from selfreward.trainer.failures import PermanentFailure
+    from selfreward.trainer.storage import Storage, StorageOptions, sha256_bytes
 
     storage_spec = spec["storage"]
     storage = Storage(StorageOptions(storage_spec.get("endpoint"), storage_spec.get("region"), storage_spec["addressingStyle"]))
     score_range = spec["judge"]["scoreRange"]
     files = [
-        ("seed.instructions", spec["seed"]["instructions"], InstructionRow, None),
-        ("seed.evaluations", spec["seed"]["evaluations"], EvaluationRow, score_in_range(score_range["min"], score_range["max"])),
+        ("spec.seed.instructions", spec["seed"]["instructions"], InstructionRow, None),
+        ("spec.seed.evaluations", spec["seed"]["evaluations"], EvaluationRow, score_in_range(score_range["min"], score_range["max"])),
     ]
     if spec["seed"].get("evaluationHoldout"):
-        files.append(("seed.evaluationHoldout", spec["seed"]["evaluationHoldout"], HoldoutRow, None))
-    errors = []
-    for field, uri, row_type, check in files:
+        files.append(("spec.seed.evaluationHoldout", spec["seed"]["evaluationHoldout"], HoldoutRow, None))
+    result = Preflight()
+    for where, uri, row_type, row_check in files:
         try:
-            read_rows(storage, uri, row_type, check)
+            data = storage.read_bytes(uri)
+            parse_jsonl(data.decode("utf-8"), uri, row_type, row_check)
+            result.identities[uri] = sha256_bytes(data)
         except DataError as error:
-            errors.append(str(error))
+            result.errors.append(str(error))
         except FileNotFoundError:
-            errors.append(f"spec.{field}: {uri} does not exist")
+            result.errors.append(f"{where}: {uri} does not exist")
         except Exception as error:  # storage unreachable or no credentials: say so, do not crash
-            errors.append(f"spec.{field}: cannot read {uri}: {type(error).__name__}: {error}")
-    return errors
+            result.errors.append(f"{where}: cannot read {uri}: {type(error).__name__}: {error}")
+    for where, uri in model_fields(spec):
+        try:
+            result.identities[uri] = storage.inspect_model(uri).identity
+        except PermanentFailure as error:
+            result.errors.append(f"{where}: {error}")
+        except Exception as error:
+            result.errors.append(f"{where}: cannot read {uri}: {type(error).__name__}: {error}")
+    return result

@@ -65,11 +65,15 @@ def record_start(status: dict[str, Any], step: planner.Step, children: list[str]
     entry, item = _stage_entry(new, step.iteration, step.stage)
     fresh_attempt = item.get("attempt") != step.attempt
     item.update(state=StageState.RUNNING.value, attempt=step.attempt, shardCount=step.shard_count, children=children,
-                outputs=step.outputs)
+                outputs=step.outputs, fingerprint=step.fingerprint)
+    if step.restart:
+        item["retryBase"] = step.attempt - 1
     if fresh_attempt or "startedAt" not in item:
         item["startedAt"] = at or now_text()
     for key in ("finishedAt", "reason", "message", "permanent"):
         item.pop(key, None)
+    if fresh_attempt:
+        item["shardsDone"] = []
     item.setdefault("shardsDone", [])
     return new
 
@@ -78,7 +82,8 @@ def record(status: dict[str, Any], step: planner.Step, summary: dict[str, Any], 
     """Record a stage program's summary line."""
     new = copy.deepcopy(status)
     entry, item = _stage_entry(new, step.iteration, step.stage)
-    item.update(attempt=step.attempt, shardCount=step.shard_count, finishedAt=at or now_text(), outputs=step.outputs)
+    item.update(attempt=step.attempt, shardCount=step.shard_count, finishedAt=at or now_text(), outputs=step.outputs,
+                fingerprint=step.fingerprint)
     done = set(item.get("shardsDone", []))
     if summary.get("ok"):
         done |= {shard["index"] for shard in summary.get("shards", [])}
@@ -100,12 +105,15 @@ def record(status: dict[str, Any], step: planner.Step, summary: dict[str, Any], 
 
 
 def reset_failed(status: dict[str, Any]) -> dict[str, Any]:
-    """Give failed stages a fresh set of retries (the user fixed the cause and runs again)."""
+    """Give failed stages a fresh set of retries (the user fixed the cause and runs again).
+
+    Attempt numbers go on from where they were, so no child name is ever used twice.
+    """
     new = copy.deepcopy(status)
     for entry in new.get("iterations", []):
         for item in entry.get("stages", []):
             if item.get("state") == StageState.FAILED.value:
-                item.update(state=StageState.PENDING.value, attempt=0, permanent=False)
+                item.update(state=StageState.PENDING.value, permanent=False, retryBase=item.get("attempt", 0))
     return new
 
 

@@ -14,13 +14,12 @@ import traceback
 from typing import Any, Callable
 
 from selfreward.trainer.contract import ConfigError, Stage, StageConfig, parse_configs, report, reserve_stdout_for_summaries
-from selfreward.trainer.data import DataError
-from selfreward.trainer.stagekit import StageResult
+from selfreward.trainer.failures import classify
+from selfreward.trainer.stagekit import StageResult, lineage_of
 from selfreward.trainer.storage import Storage
 
 EXIT_RETRYABLE = 1
 EXIT_PERMANENT = 2
-PERMANENT_ERRORS = (ConfigError, DataError)
 
 
 def _runner(stage: Stage) -> Callable[..., StageResult]:
@@ -43,6 +42,7 @@ def run_stage(config: StageConfig, storage: Storage) -> dict[str, Any]:
     started = time.monotonic()
     base = {"stage": config.stage.value, "iteration": config.iteration, "attempt": config.attempt}
     try:
+        storage = storage.with_lineage(lineage_of(config, storage))
         if config.stage in INFERENCE:
             from selfreward.trainer.backends import open_backend
 
@@ -53,11 +53,12 @@ def run_stage(config: StageConfig, storage: Storage) -> dict[str, Any]:
         result = _runner(config.stage)(config, storage, resource)
     except Exception as error:  # the boundary: every failure becomes a summary with a reason
         traceback.print_exc(file=sys.stderr)
+        permanent, reason = classify(error)
         return {
             **base,
             "ok": False,
-            "permanent": isinstance(error, PERMANENT_ERRORS),
-            "reason": type(error).__name__,
+            "permanent": permanent,
+            "reason": reason,
             "error": str(error)[:2000],
         }
     return {

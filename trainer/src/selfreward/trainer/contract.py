@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from selfreward.trainer.failures import PermanentFailure
 from selfreward.trainer.storage import StorageOptions
 
 TERMINATION_LOG = Path("/dev/termination-log")
@@ -59,6 +60,9 @@ class StageConfig(_Strict):
     inputs: dict[str, str | list[str]]
     outputs: dict[str, str]
     shard_count: int = Field(1, alias="shardCount", ge=1)
+    input_shards: dict[str, int] = Field(
+        default_factory=dict, alias="inputShards", description="shard count of each sharded input, as its stage ran"
+    )
     shards: list[int] | None = None
     random_seed: int = Field(alias="randomSeed")
     processes: int = Field(1, ge=1, description="processes per pod: tensor-parallel size for inference")
@@ -92,6 +96,12 @@ class StageConfig(_Strict):
             raise ConfigError(f"config.inputs.{name} is missing or not a URI")
         return value
 
+    def input_shard_count(self, name: str) -> int:
+        try:
+            return self.input_shards[name]
+        except KeyError as error:
+            raise ConfigError(f"config.inputShards.{name} is missing: the shard count of input {name}") from error
+
     def input_list(self, name: str) -> list[str]:
         value = self.inputs.get(name, [])
         return [value] if isinstance(value, str) else list(value)
@@ -103,7 +113,7 @@ class StageConfig(_Strict):
             raise ConfigError(f"config.outputs.{name} is missing") from error
 
 
-class ConfigError(ValueError):
+class ConfigError(PermanentFailure, ValueError):
     """The stage config is invalid: a permanent failure, retrying cannot help."""
 
 

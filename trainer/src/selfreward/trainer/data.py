@@ -11,13 +11,14 @@ from typing import Any, Callable, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from selfreward.trainer.failures import PermanentFailure
 from selfreward.trainer.storage import Storage
 
 MAX_REPORTED = 20
 Row = TypeVar("Row", bound=BaseModel)
 
 
-class DataError(ValueError):
+class DataError(PermanentFailure, ValueError):
     """A data file has malformed rows; the message lists `file:line: problem` for each."""
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from selfreward.trainer.backends import Backend, Sampling
 from selfreward.trainer.contract import StageConfig
 from selfreward.trainer.data import InstructionRow, read_rows
+from selfreward.trainer.failures import PermanentFailure
 from selfreward.trainer.filters import (
     PromptFilterConfig,
     RejectReason,
@@ -27,8 +28,8 @@ from selfreward.trainer.storage import Storage
 PROMPTS_FILE = "prompts.jsonl"
 
 
-class TooFewPrompts(RuntimeError):
-    """Fewer prompts than `minPrompts` survived the filters."""
+class TooFewPrompts(PermanentFailure, RuntimeError):
+    """Fewer prompts than `minPrompts` survived the filters: the same seed gives the same prompts."""
 
 
 def run(config: StageConfig, storage: Storage, backend_for) -> StageResult:
@@ -74,7 +75,7 @@ def _make_prompts(config: StageConfig, storage: Storage, backend_for, output: st
         )
         outputs = backend.generate(fewshot, sampling)
         sampled += len(outputs)
-        candidates = [extract_prompt(samples[0]) or "" for samples in outputs]
+        candidates = [extract_prompt(samples[0].text) or "" for samples in outputs]
         result = filter_prompts(candidates, seed_prompts + earlier + kept, filter_config)
         kept.extend(result.kept[:missing])
         for reason, count in result.rejected.items():
@@ -91,7 +92,8 @@ def _make_prompts(config: StageConfig, storage: Storage, backend_for, output: st
             f"{len(kept)} prompts survived the filters, fewer than promptGeneration.minPrompts="
             f"{section['minPrompts']} (sampled {sampled}; rejected: "
             + ", ".join(f"{k} {v}" for k, v in rejected.items() if v)
-            + ")"
+            + "). A retry samples the same prompts: raise promptGeneration.maxRounds or oversample, "
+            "loosen promptGeneration.filters, or lower minPrompts"
         )
     rows = [{"id": f"i{config.iteration:02d}-p{number:06d}", "prompt": prompt} for number, prompt in enumerate(kept)]
     files = storage.write_jsonl_file(output, PROMPTS_FILE, rows)

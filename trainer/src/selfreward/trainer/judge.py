@@ -10,10 +10,10 @@ from typing import Any
 
 from selfreward.trainer.contract import StageConfig
 from selfreward.trainer.generate import CANDIDATES_FILE
-from selfreward.trainer.judging import judge_responses, mean_score, score_counts
-from selfreward.trainer.pairs import DropReason, JudgedCandidate, select_pair
+from selfreward.trainer.judging import judge_responses, judgement_counts, score_counts
+from selfreward.trainer.pairs import DropReason, JudgedCandidate, mean_score, select_pair
 from selfreward.trainer.progress import Progress
-from selfreward.trainer.stagekit import StageResult, run_shards, sampling_seed, shard_folder
+from selfreward.trainer.stagekit import ShardMismatch, StageResult, run_shards, sampling_seed, shard_folder
 from selfreward.trainer.storage import Storage
 
 JUDGEMENTS_FILE = "judgements.jsonl"
@@ -23,8 +23,14 @@ PAIRS_FILE = "pairs.jsonl"
 def run(config: StageConfig, storage: Storage, backend_for) -> StageResult:
     judgements_out = config.output("judgements")
     pairs_out = config.output("pairs")
+    if config.input_shard_count("candidates") != config.shard_count:
+        raise ShardMismatch(
+            f"judge runs {config.shard_count} shards but its candidates were generated in "
+            f"{config.input_shard_count('candidates')}: judge shard i reads candidates shard i"
+        )
     section = config.section("judge")
     min_gap = config.section("pairs")["minScoreGap"]
+    min_valid = config.section("pairs")["minValidJudgements"]
 
     def shard(index: int) -> dict[str, Any]:
         rows = storage.read_committed_jsonl(shard_folder(config.input("candidates"), index, config.shard_count), CANDIDATES_FILE)
@@ -43,13 +49,20 @@ def run(config: StageConfig, storage: Storage, backend_for) -> StageResult:
                 JudgedCandidate(number, text, tuple(j.score for j in judgements))
                 for number, (text, judgements) in enumerate(zip(row["candidates"], per_candidate))
             ]
-            decision = select_pair(candidates, min_gap)
+            decision = select_pair(candidates, min_gap, min_valid)
             decisions.append(decision)
             judgement_rows.append({
                 "id": row["id"],
                 "prompt": row["prompt"],
                 "candidates": [
-                    {"text": c.text, "scores": list(c.scores), "mean": mean_score(js), "judgements": [j.text for j in js]}
+                    {
+                        "text": c.text,
+                        "scores": list(c.scores),
+                        "mean": mean_score(c.scores, min_valid),
+                        "judgements": [j.text for j in js],
+                        "constrained": [j.constrained for j in js],
+                        "truncated": [j.truncated for j in js],
+                    }
                     for c, js in zip(candidates, per_candidate)
                 ],
                 "pair": "kept" if decision.kept else decision.drop_reason.value,
@@ -70,7 +83,7 @@ def run(config: StageConfig, storage: Storage, backend_for) -> StageResult:
             "prompts": len(rows),
             "candidates": len(items),
             "judgements": len(flat),
-            "parseFailures": sum(1 for j in flat if j.score is None),
+            **judgement_counts(flat),
             "pairs": len(pair_rows),
             "ties": sum(1 for d in decisions if d.drop_reason is DropReason.TIE),
             "gapTooSmall": sum(1 for d in decisions if d.drop_reason is DropReason.SCORE_GAP),

@@ -18,7 +18,7 @@ from selfreward.trainer import training
 
 def run(config: StageConfig, storage: Storage, model_dir_for) -> StageResult:
     output = config.output("model")
-    return run_single(config, storage, output, lambda: _train(config, storage, model_dir_for, output))
+    return run_single(config, storage, output, lambda: _train(config, storage, model_dir_for))
 
 
 def conversations(
@@ -37,42 +37,30 @@ def _turn(user: str, assistant: str) -> dict[str, Any]:
     return {"prompt": [{"role": "user", "content": user}], "completion": [{"role": "assistant", "content": assistant}]}
 
 
-def _train(config: StageConfig, storage: Storage, model_dir_for, output: str) -> dict[str, Any]:
-    from datasets import Dataset
-    from transformers import AutoTokenizer
+def _train(config: StageConfig, storage: Storage, model_dir_for) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
-    section = config.section("sft")
     judge = config.section("judge")
     instructions = read_rows(storage, config.input("instructions"), InstructionRow)
     evaluations = (
         read_rows(storage, config.input("evaluations"), EvaluationRow,
                   score_in_range(judge["scoreRange"]["min"], judge["scoreRange"]["max"]))
-        if section["includeEvaluations"]
+        if config.section("sft")["includeEvaluations"]
         else []
     )
     rows = conversations(instructions, evaluations, judge.get("template"))
-    model_dir = model_dir_for(config.input("model"))
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    too_long = training.count_over_length(tokenizer, [r["prompt"] + r["completion"] for r in rows], section["maxLength"])
-    scratch = training.workdir(config)
-    arguments = training.training_arguments(section, len(rows), scratch, config.random_seed)
-    trainer = SFTTrainer(
-        model=training.load_model(model_dir, section["dropout"]),
-        args=SFTConfig(**arguments, completion_only_loss=True, packing=False, dataset_num_proc=None),
-        train_dataset=Dataset.from_list(rows).shuffle(seed=config.random_seed),
-        processing_class=tokenizer,
-        callbacks=[training.progress_callback(config.stage.value)],
+    recipe = training.Recipe(
+        section="sft",
+        trainer_class=SFTTrainer,
+        config_class=SFTConfig,
+        options={"completion_only_loss": True, "packing": False, "dataset_num_proc": None},
+        rows=rows,
+        sequences=lambda row: [row["prompt"] + row["completion"]],
+        over_length_metric="examplesOverMaxLength",
+        metrics={
+            "examples": len(rows),
+            "instructionExamples": len(instructions),
+            "evaluationExamples": len(evaluations),
+        },
     )
-    result = trainer.train(resume_from_checkpoint=training.last_checkpoint(scratch))
-    metrics = {
-        "examples": len(rows),
-        "instructionExamples": len(instructions),
-        "evaluationExamples": len(evaluations),
-        "examplesOverMaxLength": too_long,
-        "steps": trainer.state.global_step,
-        "trainLoss": float(result.training_loss),
-        **training.final_logs(trainer.state.log_history, {"loss": "finalLoss"}),
-    }
-    training.commit_model(trainer, trainer.processing_class, storage, output, config, metrics)
-    return metrics
+    return training.train(config, storage, model_dir_for, recipe)

@@ -1,12 +1,18 @@
-"""What every stage shares: shard folders, skip-if-committed, and merging shard metrics.
+"""What every stage shares: lineage, shard folders, skip-if-committed-from-the-same-inputs, and
+merging shard metrics.
 
 A shard is the unit of commit: `<output>/shard-<i>-of-<n>/` with its `_manifest.json` written
-last. Rerunning a stage skips every shard whose manifest exists and reports its recorded metrics,
-so a crash costs at most the shards that were in flight.
+last. Every manifest records the stage's lineage: the program version, the spec sections and
+random seed the stage used, and each input's URI and content identity; its hash is the
+fingerprint. Rerunning a stage skips every shard whose manifest has the same fingerprint and
+reports its recorded metrics, so a crash costs at most the shards that were in flight. A
+manifest with another fingerprint was made from something else (an edited spec, seed file or
+model): that output is made again, never reused.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -14,11 +20,83 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
 from selfreward.trainer.contract import StageConfig
+from selfreward.trainer.failures import PermanentFailure
 from selfreward.trainer.progress import note
-from selfreward.trainer.storage import MANIFEST, Storage, join
+from selfreward.trainer.storage import MANIFEST, ArtifactMissing, Storage, join, sha256_json
 
 Item = TypeVar("Item")
-FAILPOINT_ENV = "SELFREWARD_FAILPOINT"  # "<stage>/<shard>": block after committing that shard
+FAILPOINT_ENV = "SELFREWARD_FAILPOINT"  # "<stage>/<shard>" after a shard commit; "checkpoint/<stage>/<step>" mid-checkpoint
+
+
+class ShardMismatch(PermanentFailure, ValueError):
+    """A sharded input does not have the shards its reader was told to expect."""
+
+
+def program_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("selfreward-trainer")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def lineage_of(config: StageConfig, storage: Storage) -> dict[str, Any]:
+    """What this stage is made from, and its fingerprint (the hash of the rest).
+
+    Inputs are recorded with their content identity (Storage.identity), so an input rewritten
+    under the same URI (a seed file edited, a model uploaded again, an upstream stage redone)
+    changes the fingerprint of everything made from it.
+    """
+
+    def described(uri: str) -> dict[str, str]:
+        return {"uri": uri, "identity": storage.identity(uri)}
+
+    made_from = {
+        "program": f"selfreward-trainer {program_version()}",
+        "stage": config.stage.value,
+        "randomSeed": config.random_seed,
+        "spec": config.spec,
+        "inputs": {
+            name: [described(uri) for uri in value] if isinstance(value, list) else described(value)
+            for name, value in sorted(config.inputs.items())
+        },
+    }
+    return {"fingerprint": sha256_json(made_from), "lineage": made_from}
+
+
+def changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """What differs between two lineages, as field paths: ["spec.judge.samples: 3 -> 2", ...]."""
+    if not old:
+        return ["made before lineage was recorded"]
+    found: list[str] = []
+
+    def walk(path: str, before: Any, after: Any) -> None:
+        if isinstance(before, dict) and isinstance(after, dict):
+            for key in sorted(set(before) | set(after)):
+                walk(f"{path}.{key}" if path else key, before.get(key), after.get(key))
+        elif before != after:
+            shown = (lambda v: str(v)[:12]) if path.endswith("identity") else json_short
+            found.append(f"{path}: {shown(before)} -> {shown(after)}")
+
+    walk("", old, new)
+    return found
+
+
+def json_short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def reusable(manifest: dict[str, Any] | None, stamp: dict[str, Any], stage: str, shard: int, what: str) -> bool:
+    """A committed output is reused only when it was made from the same inputs; says why not."""
+    if manifest is None:
+        return False
+    if manifest.get("fingerprint") == stamp["fingerprint"]:
+        return True
+    changed = "; ".join(changes(manifest.get("lineage"), stamp["lineage"])[:5])
+    note(stage, f"{what} was made from other inputs ({changed}): making it again", shard=shard)
+    return False
 
 
 @dataclass
@@ -76,38 +154,51 @@ def run_shards(
     for index in config.shard_indexes():
         folder = shard_folder(commit_folder, index, config.shard_count)
         manifest = storage.read_manifest(folder)
-        if manifest is not None:
+        if reusable(manifest, storage.lineage, config.stage.value, index, f"shard {index}"):
             note(config.stage.value, f"shard {index} already committed, skipped", shard=index)
             result.shards.append(ShardResult(index, True, manifest.get("metrics", {})))
             continue
+        if manifest is not None:
+            storage.delete_folder(folder)
         result.shards.append(ShardResult(index, False, work(index)))
-        _failpoint(config.stage.value, index)
+        failpoint(config.stage.value, f"{config.stage.value}/{index}")
     return result
 
 
-def _failpoint(stage: str, shard: int) -> None:
-    """For crash tests: stop here, as if the machine froze, until the process is killed."""
-    if os.environ.get(FAILPOINT_ENV) == f"{stage}/{shard}":
-        note(stage, f"failpoint {stage}/{shard} reached, waiting to be killed", shard=shard)
+def failpoint(stage: str, name: str) -> None:
+    """For crash tests: stop at `name`, as if the machine froze, until the process is killed."""
+    if os.environ.get(FAILPOINT_ENV) == name:
+        note(stage, f"failpoint {name} reached, waiting to be killed")
         threading.Event().wait()
 
 
 def run_single(config: StageConfig, storage: Storage, folder: str, work: Callable[[], dict[str, Any]]) -> StageResult:
     """A stage with one output folder (instruct, sft, dpo, evaluate)."""
     manifest = storage.read_manifest(folder)
-    if manifest is not None:
+    if reusable(manifest, storage.lineage, config.stage.value, 0, "the committed output"):
         note(config.stage.value, "already committed, skipped", shard=0)
         return StageResult([ShardResult(0, True, manifest.get("metrics", {}))])
+    if manifest is not None:
+        storage.delete_folder(folder)
     return StageResult([ShardResult(0, False, work())])
 
 
-def read_sharded(storage: Storage, folder: str, name: str) -> list[dict[str, Any]]:
-    """All rows of a sharded output, every shard committed; refuses a partial stage."""
-    shards = sorted({uri.rsplit("/", 2)[-2] for uri in storage.list(folder) if uri.endswith(f"/{MANIFEST}")})
-    if not shards:
-        raise FileNotFoundError(f"{folder}: no committed shards")
-    counts = {shard.rsplit("-of-", 1)[-1] for shard in shards}
-    expected = int(next(iter(counts)))
-    if len(counts) != 1 or len(shards) != expected:
-        raise FileNotFoundError(f"{folder}: {len(shards)} of {expected} shards committed")
-    return [row for shard in shards for row in storage.read_committed_jsonl(join(folder, shard), name)]
+def read_sharded(storage: Storage, folder: str, name: str, count: int) -> list[dict[str, Any]]:
+    """All rows of the `count` shards of a sharded output; refuses a partial or mixed stage.
+
+    Only `shard-<i>-of-<count>` folders are read, so shards of an earlier run with another
+    shard count are ignored; all of them must be committed, from the same inputs.
+    """
+    manifests = [storage.read_manifest(shard_folder(folder, index, count)) for index in range(count)]
+    missing = [index for index, manifest in enumerate(manifests) if manifest is None]
+    if len(missing) == count:
+        others = sorted({uri.rsplit("/", 2)[-2] for uri in storage.list(folder) if uri.endswith(f"/{MANIFEST}")})
+        if others:
+            raise ShardMismatch(f"{folder}: expected {count} shards (shard-*-of-{count:05d}) but found only {others[:4]}")
+        raise ArtifactMissing(f"{folder}: no committed shards")
+    if missing:
+        raise ArtifactMissing(f"{folder}: {count - len(missing)} of {count} shards committed, missing {missing}")
+    fingerprints = {manifest.get("fingerprint") for manifest in manifests}
+    if len(fingerprints) != 1:
+        raise ShardMismatch(f"{folder}: its {count} shards were made from different inputs; rerun the stage that makes it")
+    return [row for index in range(count) for row in storage.read_committed_jsonl(shard_folder(folder, index, count), name)]

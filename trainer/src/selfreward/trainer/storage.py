@@ -1,13 +1,19 @@
-"""The only module that touches artifact storage: local paths and s3:// (boto3 + s3transfer).
+"""The only module that touches artifact storage: local paths, s3:// (boto3 + s3transfer), hf://.
 
 Artifacts are committed manifest-last: a stage writes its files, then `_manifest.json` with the
-sha256 of each. A folder without a manifest is incomplete, whatever files it holds, and is never
-read as a result. Local writes go through a temporary name and a rename; an S3 PUT is atomic per
-object. Credentials come from the environment (AWS_ACCESS_KEY_ID, ...), never from the config.
+sha256 of each, and the lineage of what made them (see stagekit). A folder without a manifest is
+incomplete, whatever files it holds, and is never read as a result. Local writes go through a
+temporary name and a rename; an S3 PUT is atomic per object. Credentials come from the
+environment (AWS_ACCESS_KEY_ID, ...), never from the config.
+
+Models are the one exception to manifest-last: a base model is a plain Hugging Face folder that a
+user uploaded with any tool. It is checked for its files (model_folder.py) and verified by sha256
+only where a manifest exists.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -18,8 +24,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from selfreward.trainer import model_folder
+from selfreward.trainer.failures import PermanentFailure
+
 MANIFEST = "_manifest.json"
 CACHE_ENV = "SELFREWARD_CACHE"
+HUB_SCHEME = "hf://"
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,18 @@ class StorageOptions:
 
 class ArtifactMissing(FileNotFoundError):
     """An input that should exist does not (or has no manifest yet)."""
+
+
+class IntegrityError(PermanentFailure, ValueError):
+    """A committed file no longer matches the sha256 its manifest recorded."""
+
+
+class ModelFolderError(PermanentFailure, ValueError):
+    """A model URI does not hold a loadable Hugging Face folder."""
+
+
+class ModelUnavailable(PermanentFailure, RuntimeError):
+    """An hf:// model cannot be fetched: no hub is reachable, or the hub refused."""
 
 
 def join(base: str, *parts: str) -> str:
@@ -61,12 +83,43 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sha256_json(value: Any) -> str:
+    return sha256_bytes(json.dumps(value, sort_keys=True, separators=(",", ":")).encode())
+
+
+@dataclass(frozen=True)
+class ModelListing:
+    """A model folder as found: {relative name: size and version tag}, and its manifest if committed."""
+
+    uri: str
+    files: dict[str, str]
+    manifest: dict[str, Any] | None
+
+    @property
+    def identity(self) -> str:
+        """Content identity: the manifest's hashes when committed, else names, sizes and ETags/mtimes."""
+        if self.manifest is not None:
+            return sha256_json(self.manifest["files"])
+        return sha256_json(self.files)
+
+
 class Storage:
-    """Read and write artifacts by URI. One instance per process; the S3 client is made lazily."""
+    """Read and write artifacts by URI. One instance per process; the S3 client is made lazily.
+
+    `lineage` (set with `with_lineage`) is written into every manifest this instance commits:
+    the stage's fingerprint and the inputs it was made from.
+    """
 
     def __init__(self, options: StorageOptions | None = None):
         self.options = options or StorageOptions()
+        self.lineage: dict[str, Any] | None = None
         self._client = None
+
+    def with_lineage(self, lineage: dict[str, Any] | None) -> "Storage":
+        """The same storage (and S3 client), committing manifests stamped with `lineage`."""
+        stamped = copy.copy(self)
+        stamped.lineage = lineage
+        return stamped
 
     # ---- S3 client -------------------------------------------------------------------------
     @property
@@ -118,31 +171,42 @@ class Storage:
     def write_text(self, uri: str, text: str) -> None:
         self.write_bytes(uri, text.encode("utf-8"))
 
-    def exists(self, uri: str) -> bool:
-        if is_s3(uri):
-            bucket, key = _split_s3(uri)
-            try:
-                self.s3.head_object(Bucket=bucket, Key=key)
-                return True
-            except self.s3.exceptions.ClientError as error:
-                if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                    return False
-                raise
-        return Path(uri).exists()
-
     def list(self, prefix: str) -> Iterator[str]:
         """URIs of every object under `prefix` (recursive)."""
+        for name in self._sizes(prefix):
+            yield join(prefix, name)
+
+    def _sizes(self, prefix: str) -> dict[str, str]:
+        """{name relative to `prefix`: "size/version"} of every object under it; the version is
+        the ETag on S3 and the modification time locally, so a rewritten file changes it."""
         if is_s3(prefix):
             bucket, key = _split_s3(prefix.rstrip("/") + "/")
+            found = {}
             for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
                 for item in page.get("Contents", []):
-                    yield f"s3://{bucket}/{item['Key']}"
-            return
+                    found[item["Key"][len(key) :]] = f"{item['Size']}/{item['ETag'].strip(chr(34))}"
+            return dict(sorted(found.items()))
         root = Path(prefix)
-        if root.is_dir():
-            for path in sorted(root.rglob("*")):
-                if path.is_file() and not path.name.startswith("."):
-                    yield str(path)
+        if not root.is_dir():
+            return {}
+        return {
+            path.relative_to(root).as_posix(): f"{path.stat().st_size}/{path.stat().st_mtime_ns}"
+            for path in sorted(root.rglob("*"))
+            if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
+        }
+
+    def delete_folder(self, folder: str) -> None:
+        """Remove a folder, its manifest first: an interrupted delete leaves an uncommitted folder."""
+        manifest = join(folder, MANIFEST)
+        if is_s3(folder):
+            bucket, _ = _split_s3(folder)
+            names = [MANIFEST] + [name for name in self._sizes(folder) if name != MANIFEST]
+            for start in range(0, len(names), 1000):
+                keys = [{"Key": _split_s3(join(folder, name))[1]} for name in names[start : start + 1000]]
+                self.s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+            return
+        Path(manifest).unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
     # ---- manifests -------------------------------------------------------------------------
     def read_manifest(self, folder: str) -> dict[str, Any] | None:
@@ -157,6 +221,7 @@ class Storage:
         manifest = {
             "files": dict(sorted(files.items())),
             "committedAt": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **(self.lineage or {}),
             **content,
         }
         self.write_text(join(folder, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -174,12 +239,23 @@ class Storage:
         if manifest is None:
             raise ArtifactMissing(f"{folder} has no {MANIFEST}: its stage has not finished")
         data = self.read_bytes(join(folder, name))
-        expected = manifest["files"].get(name)
-        if expected != sha256_bytes(data):
-            raise ValueError(f"{join(folder, name)}: sha256 does not match {MANIFEST}")
+        _verify(join(folder, name), manifest["files"].get(name), sha256_bytes(data))
         return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
 
-    # ---- model folders ---------------------------------------------------------------------
+    def identity(self, uri: str) -> str:
+        """What `uri` holds now, as a hash: a committed folder by its manifest's file hashes, a file
+        by its sha256, a plain folder (an uploaded model) by names, sizes and versions."""
+        if uri.startswith(HUB_SCHEME):
+            return sha256_json(uri)
+        manifest = self.read_manifest(uri)
+        if manifest is not None:
+            return sha256_json(manifest["files"])
+        listing = self._sizes(uri)
+        if listing:
+            return sha256_json(listing)
+        return sha256_bytes(self.read_bytes(uri))
+
+    # ---- folders: models and checkpoints -----------------------------------------------------
     def upload_folder(self, local: Path, folder: str) -> dict[str, str]:
         """Copy every file of `local` into `folder`; returns {relative name: sha256}."""
         hashes: dict[str, str] = {}
@@ -195,34 +271,109 @@ class Storage:
                 shutil.copyfile(path, target)
         return hashes
 
+    def download_committed(self, folder: str, target: Path) -> Path:
+        """Copy a committed folder's files to `target`, each checked against its manifest."""
+        manifest = self.read_manifest(folder)
+        if manifest is None:
+            raise ArtifactMissing(f"{folder} has no {MANIFEST}: it is not committed")
+        self._download(folder, list(manifest["files"]), target)
+        for name, digest in manifest["files"].items():
+            _verify(join(folder, name), digest, sha256_file(target / name))
+        return target
+
+    def _download(self, folder: str, names: list[str], target: Path) -> None:
+        for name in names:
+            destination = target / name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            if is_s3(folder):
+                bucket, key = _split_s3(join(folder, name))
+                self.s3.download_file(bucket, key, str(destination))
+            else:
+                shutil.copyfile(join(folder, name), destination)
+
+    def inspect_model(self, uri: str) -> ModelListing:
+        """The model folder at `uri` if it is a loadable Hugging Face folder; ModelFolderError if not."""
+        if uri.startswith(HUB_SCHEME):
+            return self._inspect_hub_model(uri)
+        if not is_s3(uri) and not Path(uri).is_dir():
+            raise ModelFolderError(f"model folder {uri} does not exist")
+        files = {name: version for name, version in self._sizes(uri).items() if name != MANIFEST}
+        manifest = self.read_manifest(uri)
+        index = model_folder.index_name(files)
+        found = model_folder.problems(files, self.read_text(join(uri, index)) if index else None)
+        if found:
+            where = "no objects under it" if not files and is_s3(uri) else "; ".join(found)
+            raise ModelFolderError(
+                f"{uri} is not a Hugging Face model folder: {where}. A model folder holds config.json, "
+                "the weights (*.safetensors) and the tokenizer, as save_pretrained writes them"
+            )
+        return ModelListing(uri, files, manifest)
+
+    def _inspect_hub_model(self, uri: str) -> ModelListing:
+        repo, revision = _hub_repo(uri)
+        try:
+            from huggingface_hub import HfApi
+
+            info = HfApi().model_info(repo, revision=revision)
+        except Exception as error:  # offline, unreachable, unknown repo: all say the same to the user
+            raise _hub_error(uri, error) from error
+        names = [sibling.rfilename for sibling in info.siblings or []]
+        found = model_folder.problems(names)
+        if found:
+            raise ModelFolderError(f"{uri} is not a Hugging Face model folder: " + "; ".join(found))
+        return ModelListing(uri, {name: info.sha or "" for name in names}, None)
+
     def local_folder(self, uri: str) -> Path:
         """A local path holding the model folder at `uri`, downloading it when remote.
 
-        s3:// folders must be committed; they are cached by their manifest's hashes, so a
-        second stage in the same process or pod reuses the download.
+        Local folders are used in place (verified by sha256 when committed). Remote folders are
+        cached by their identity, so a second stage in the same process or pod reuses the
+        download, and a changed upload is fetched again.
         """
-        if uri.startswith("hf://"):
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(uri[len("hf://") :]))
+        if uri.startswith(HUB_SCHEME):
+            return self._hub_folder(uri)
+        listing = self.inspect_model(uri)
         if not is_s3(uri):
-            path = Path(uri)
-            if not path.is_dir():
-                raise ArtifactMissing(f"model folder {uri} does not exist")
-            return path
-        manifest = self.read_manifest(uri)
-        if manifest is None:
-            raise ArtifactMissing(f"{uri} has no {MANIFEST}: the model is not committed")
-        key = sha256_bytes(json.dumps(manifest["files"], sort_keys=True).encode())[:16]
-        cache = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "selfreward")) / "models" / key
+            if listing.manifest is not None:
+                for name, digest in listing.manifest["files"].items():
+                    _verify(join(uri, name), digest, sha256_file(Path(uri) / name))
+            return Path(uri)
+        cache = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "selfreward")) / "models" / listing.identity[:16]
         if (cache / ".complete").exists():
             return cache
-        bucket, prefix = _split_s3(uri.rstrip("/") + "/")
-        for name, digest in manifest["files"].items():
-            target = cache / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.s3.download_file(bucket, prefix + name, str(target))
-            if sha256_file(target) != digest:
-                raise ValueError(f"{join(uri, name)}: sha256 does not match {MANIFEST}")
-        (cache / ".complete").write_text("")
+        if listing.manifest is not None:
+            self.download_committed(uri, cache)
+        else:
+            self._download(uri, list(listing.files), cache)
+        (cache / ".complete").write_text(uri)
         return cache
+
+    def _hub_folder(self, uri: str) -> Path:
+        repo, revision = _hub_repo(uri)
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(repo, revision=revision))
+        except Exception as error:  # offline, unreachable, unknown repo: all say the same to the user
+            raise _hub_error(uri, error) from error
+
+
+def _verify(uri: str, expected: str | None, actual: str) -> None:
+    if expected != actual:
+        raise IntegrityError(
+            f"{uri}: sha256 does not match {MANIFEST}: the file changed after it was committed. "
+            f"Delete the folder's {MANIFEST} to have its stage make it again"
+        )
+
+
+def _hub_repo(uri: str) -> tuple[str, str | None]:
+    repo, _, revision = uri[len(HUB_SCHEME) :].partition("@")
+    return repo, revision or None
+
+
+def _hub_error(uri: str, error: Exception) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"{uri}: the model hub cannot be reached or refused ({type(error).__name__}: {str(error)[:300]}). "
+        "Where no hub is reachable, save the model with save_pretrained, upload the folder to S3 "
+        "(s3://bucket/prefix) or a local path, and name that in the spec"
+    )

@@ -1,5 +1,5 @@
-"""What SFT and DPO share: loading the model with the spec's dropout, TrainingArguments from
-the spec, progress reporting, DeepSpeed when it can run, and committing the trained model.
+"""What SFT and DPO share: the model with the spec's dropout, TrainingArguments from the spec,
+progress, DeepSpeed when it can run, checkpoints committed to storage, and the committed model.
 
 Batch sizes are global: `batchSize` examples per optimizer step over all processes, made of
 `microBatchSize` per device and gradient accumulation.
@@ -10,10 +10,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from selfreward.trainer import checkpoints
 from selfreward.trainer.contract import ConfigError, StageConfig
+from selfreward.trainer.failures import PermanentFailure
 from selfreward.trainer.progress import Progress
 from selfreward.trainer.storage import Storage, is_s3
 
@@ -21,7 +25,7 @@ DROPOUT_FIELDS = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop
 WORKDIR_ENV = "SELFREWARD_WORKDIR"
 
 
-class NothingToTrain(ValueError):
+class NothingToTrain(PermanentFailure, ValueError):
     """The training set is empty (e.g. the judge kept no pairs)."""
 
 
@@ -30,10 +34,10 @@ def world_size() -> int:
 
 
 def workdir(config: StageConfig) -> Path:
-    """Scratch space for checkpoints; a rerun of the same stage of the same run resumes from them.
+    """Local scratch of one training stage: saved checkpoints before their upload, the final model.
 
-    Keyed by the run's uid and the output URI: a new run with the same name, or the same run
-    writing elsewhere, never picks up these checkpoints.
+    Nothing here is needed to resume (committed checkpoints are); keyed by the run's uid and the
+    output URI so two runs never share it.
     """
     root = Path(os.environ.get(WORKDIR_ENV, Path.home() / ".cache" / "selfreward" / "work"))
     key = hashlib.sha256(f"{config.run_uid}/{config.output('model')}".encode()).hexdigest()[:16]
@@ -81,7 +85,7 @@ def training_arguments(section: dict[str, Any], examples: int, output_dir: Path,
         "warmup_steps": int(total_steps * section["warmupRatio"]),
         "logging_steps": 1,
         "save_strategy": "steps",
-        "save_steps": section.get("checkpointEvery", max(1, total_steps)),
+        "save_steps": section["checkpointEvery"],
         "save_total_limit": 1,
         "save_only_model": False,
         "report_to": [],
@@ -122,6 +126,71 @@ def count_over_length(tokenizer, conversations: list[list[dict[str, str]]], max_
     )
 
 
+def final_logs(log_history: list[dict[str, Any]], keys: dict[str, str]) -> dict[str, float]:
+    """The last logged value of each wanted key, renamed: {"loss": "trainLoss"}."""
+    found: dict[str, float] = {}
+    for entry in log_history:
+        for key, name in keys.items():
+            if key in entry:
+                found[name] = float(entry[key])
+    return found
+
+
+@dataclass
+class Recipe:
+    """How one trainer (SFT or DPO) differs: its classes, its options, its data and metrics."""
+
+    section: str
+    trainer_class: Callable[..., Any]
+    config_class: Callable[..., Any]
+    options: dict[str, Any]
+    rows: list[dict[str, Any]]
+    sequences: Callable[[dict[str, Any]], list[list[dict[str, str]]]]  # a row's chat sequences, to count the long ones
+    over_length_metric: str
+    metrics: dict[str, Any]
+    logs: dict[str, str] = field(default_factory=lambda: {"loss": "finalLoss"})
+    trainer_options: dict[str, Any] = field(default_factory=dict)
+
+
+def train(config: StageConfig, storage: Storage, model_dir_for, recipe: Recipe) -> dict[str, Any]:
+    """Train M_t into the stage's output model, resuming from its newest committed checkpoint."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    section = config.section(recipe.section)
+    model_dir = model_dir_for(config.input("model"))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    too_long = count_over_length(tokenizer, [s for row in recipe.rows for s in recipe.sequences(row)], section["maxLength"])
+    scratch = workdir(config)
+    output_dir = scratch / "trainer"
+    if world_size() == 1:  # with several processes, issue 10's launcher owns the scratch layout
+        shutil.rmtree(scratch, ignore_errors=True)
+    checkpoint_root = config.output("checkpoints")
+    resume = checkpoints.latest(storage, checkpoint_root, storage.lineage["fingerprint"])
+    resume_dir = checkpoints.download(storage, resume, scratch / "resume") if resume else None
+    trainer = recipe.trainer_class(
+        model=load_model(model_dir, section["dropout"]),
+        args=recipe.config_class(**training_arguments(section, len(recipe.rows), output_dir, config.random_seed), **recipe.options),
+        train_dataset=Dataset.from_list(recipe.rows).shuffle(seed=config.random_seed),
+        processing_class=tokenizer,
+        callbacks=[progress_callback(config.stage.value), commit_checkpoints_callback(storage, checkpoint_root, config.stage.value)],
+        **recipe.trainer_options,
+    )
+    result = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+    metrics = {
+        **recipe.metrics,
+        recipe.over_length_metric: too_long,
+        "steps": trainer.state.global_step,
+        "resumedFromStep": resume.step if resume else 0,
+        "trainLoss": float(result.training_loss),
+        **final_logs(trainer.state.log_history, recipe.logs),
+    }
+    commit_model(trainer, tokenizer, storage, config, metrics)
+    if trainer.is_world_process_zero():
+        checkpoints.remove_all(storage, checkpoint_root)  # the model is committed: nothing left to resume
+    return metrics
+
+
 def progress_callback(stage: str):
     from transformers import TrainerCallback
 
@@ -138,24 +207,23 @@ def progress_callback(stage: str):
     return ReportProgress()
 
 
-def last_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def commit_checkpoints_callback(storage: Storage, root: str, stage: str):
+    """After each save, world rank 0 commits the checkpoint to storage (not the final step's:
+    the model itself is committed right after)."""
+    from transformers import TrainerCallback
 
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    class CommitCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and state.global_step < state.max_steps:
+                local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                checkpoints.commit(storage, root, local, state.global_step, stage)
 
-
-def final_logs(log_history: list[dict[str, Any]], keys: dict[str, str]) -> dict[str, float]:
-    """The last logged value of each wanted key, renamed: {"loss": "trainLoss"}."""
-    found: dict[str, float] = {}
-    for entry in log_history:
-        for key, name in keys.items():
-            if key in entry:
-                found[name] = float(entry[key])
-    return found
+    return CommitCheckpoints()
 
 
-def commit_model(trainer, tokenizer, storage: Storage, output: str, config: StageConfig, metrics: dict[str, Any]) -> None:
+def commit_model(trainer, tokenizer, storage: Storage, config: StageConfig, metrics: dict[str, Any]) -> None:
     """Save the trained model as a Hugging Face folder, then write the manifest last."""
+    output = config.output("model")
     local = Path(output) if not is_s3(output) else workdir(config) / "final"
     trainer.save_model(str(local))
     if trainer.is_world_process_zero():
