@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,20 +53,34 @@ def stage_of(status: dict, iteration: int, stage: str) -> dict:
     return next(s for s in entry["stages"] if s["name"] == stage)
 
 
+def upload_model_folder(client, bucket: str, local: Path, prefix: str) -> str:
+    """The model as a user uploads it with an ordinary S3 client: the files, no manifest."""
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
+    return f"s3://{bucket}/{prefix}"
+
+
+# Fewer SFT epochs than the quickstart: these tests check the loop's bookkeeping, not the model.
+FAST_SFT = {"sft__epochs": 2, "sft__checkpointEvery": 8}
+
+
 @pytest.fixture
 def s3_run(s3_server, s3_bucket, tiny_model, tmp_path):
+    base = upload_model_folder(s3_client(s3_server), s3_bucket, tiny_model, "models/tiny")
     run = quickstart_with(
         tmp_path,
         iterations=2,
-        baseModel__uri=str(tiny_model),
+        baseModel__uri=base,
         storage__uri=f"s3://{s3_bucket}/runs",
         storage__endpoint=s3_server.endpoint,
+        **FAST_SFT,
     )
-    env = s3_env(s3_server) | {"SELFREWARD_WORKDIR": str(tmp_path / "work")}
+    env = s3_env(s3_server) | {"SELFREWARD_WORKDIR": str(tmp_path / "work"), "SELFREWARD_CACHE": str(tmp_path / "cache")}
     return write_run(tmp_path, run), env, tmp_path / "state"
 
 
 def test_sigkill_during_judge_then_the_same_command_finishes(s3_run, s3_server, s3_bucket):
+    """Also: the base model is a plain folder uploaded without a manifest, and M1 trains from it."""
     run_file, env, state = s3_run
     status_file = state / "default" / "quickstart" / "status.json"
     first = subprocess.Popen(
@@ -96,6 +111,7 @@ def test_sigkill_during_judge_then_the_same_command_finishes(s3_run, s3_server, 
     final = json.loads(selfreward("--state-dir", str(state), "status", str(run_file), "-o", "json").stdout)
     assert final["phase"] == "Succeeded"
     assert stage_of(final, 1, "sft") == stage_of(interrupted, 1, "sft")  # committed work was not redone
+    assert stage_of(final, 1, "sft")["metrics"]["examples"] == 90
     models = [e.get("model") for e in final["iterations"]]
     assert models == [f"s3://{s3_bucket}/runs/default/quickstart/iter-01/model",
                       f"s3://{s3_bucket}/runs/default/quickstart/iter-02/model"]
@@ -135,3 +151,114 @@ def test_malformed_seed_line_is_refused_with_file_and_line(tmp_path):
     assert result.returncode == 2
     assert f"{seed}:5:" in result.stderr.replace("\n", "")
     assert not (tmp_path / "state").exists()
+
+
+def test_a_spec_edit_reruns_what_it_changed_and_reuses_the_rest(s3_run, s3_server, s3_bucket):
+    run_file, env, state = s3_run
+    first = selfreward("--state-dir", str(state), "run", str(run_file), env=env)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    before = json.loads(selfreward("--state-dir", str(state), "status", str(run_file), "-o", "json").stdout)
+    edited = yaml.safe_load(run_file.read_text())
+    edited["spec"]["judge"]["samples"] = 2
+    run_file.write_text(yaml.safe_dump(edited))
+
+    second = selfreward("--state-dir", str(state), "run", str(run_file), env=env)
+
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+    assert "iteration 2 judge: its inputs changed since it ran" in second.stdout
+    assert "spec.judge.samples: 3 -> 2" in second.stdout  # the stage program says why it redoes its shards
+    after = json.loads(selfreward("--state-dir", str(state), "status", str(run_file), "-o", "json").stdout)
+    for unchanged in ((1, "sft"), (2, "instruct"), (2, "generate")):
+        assert stage_of(after, *unchanged) == stage_of(before, *unchanged), unchanged
+    for rerun in ("judge", "dpo", "evaluate"):
+        assert stage_of(after, 2, rerun)["attempt"] == 2, rerun
+    judge = stage_of(after, 2, "judge")["metrics"]
+    assert judge["judgements"] == judge["candidates"] * 2
+    storage_key = "runs/default/quickstart/iter-02/judgements/shard-00000-of-00002/_manifest.json"
+    manifest = json.loads(s3_client(s3_server).get_object(Bucket=s3_bucket, Key=storage_key)["Body"].read())
+    assert manifest["lineage"]["spec"]["judge"]["samples"] == 2
+
+    lineage = json.loads(selfreward("--state-dir", str(state), "lineage", str(run_file), "-o", "json", env=env).stdout)
+    made = {(e["iteration"], e["stage"], e["output"]): e for e in lineage}
+    m2 = made[(2, "dpo", "model")]
+    assert [(i["name"], i["uri"], i["current"]) for i in m2["inputs"]] == [
+        ("model", f"s3://{s3_bucket}/runs/default/quickstart/iter-01/model", "matches"),
+        ("pairs", f"s3://{s3_bucket}/runs/default/quickstart/iter-02/pairs", "matches"),
+    ]
+    assert [i["uri"] for i in made[(2, "judge", "pairs")]["inputs"]] == [
+        f"s3://{s3_bucket}/runs/default/quickstart/iter-02/candidates", f"s3://{s3_bucket}/runs/default/quickstart/iter-01/model"]
+    assert made[(1, "sft", "model")]["inputs"][2]["uri"] == f"s3://{s3_bucket}/models/tiny"
+
+
+def test_training_resumes_from_its_committed_checkpoint_after_the_scratch_is_deleted(s3_server, s3_bucket, tiny_model, tmp_path):
+    run = quickstart_with(
+        tmp_path, iterations=1, baseModel__uri=str(tiny_model), storage__uri=f"s3://{s3_bucket}/runs",
+        storage__endpoint=s3_server.endpoint, evaluation__enabled=False, **FAST_SFT,
+    )
+    run_file, state, work = write_run(tmp_path, run), tmp_path / "state", tmp_path / "work"
+    env = s3_env(s3_server) | {"SELFREWARD_WORKDIR": str(work)}
+    client = s3_client(s3_server)
+    checkpoints = "runs/default/quickstart/iter-01/checkpoints/"
+
+    def keys() -> set[str]:
+        listed = client.list_objects_v2(Bucket=s3_bucket, Prefix=checkpoints)
+        return {item["Key"][len(checkpoints):] for item in listed.get("Contents", [])}
+
+    first = subprocess.Popen(  # 90 examples, batch 8, 2 epochs: 24 steps, checkpoints at 8 and 16
+        [*SELFREWARD, "--state-dir", str(state), "run", str(run_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **env, "SELFREWARD_FAILPOINT": "checkpoint/sft/16"},
+    )
+    try:
+        wait_for(lambda: first.poll() is not None or "checkpoint-16/model.safetensors" in keys(), 600,
+                 "checkpoint 16 to be half written")
+        assert first.poll() is None, "the run ended before checkpoint 16 was written"
+        busy = selfreward("--state-dir", str(state), "run", str(run_file), env=env, timeout=120)
+        assert busy.returncode == 3
+        assert "already running" in busy.stderr and f"pid {first.pid}" in busy.stderr.replace("\n", "")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    torn = keys()
+    assert "checkpoint-8/_manifest.json" in torn and "checkpoint-16/_manifest.json" not in torn
+    shutil.rmtree(work)
+
+    second = selfreward("--state-dir", str(state), "run", str(run_file), env=env)
+
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+    final = json.loads(selfreward("--state-dir", str(state), "status", str(run_file), "-o", "json").stdout)
+    sft = stage_of(final, 1, "sft")
+    assert (sft["metrics"]["resumedFromStep"], sft["metrics"]["steps"]) == (8, 24)
+    assert keys() == set()  # the model is committed; its checkpoints are gone
+
+
+def make_model_folder(client, bucket: str, prefix: str) -> None:
+    for name, data in {"config.json": b"{}", "model.safetensors": b"\x00" * 8, "tokenizer.json": b"{}"}.items():
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=data)
+
+
+@pytest.mark.parametrize("example", ["paper-70b.yaml", "8b-on-h100.yaml"])
+def test_the_cluster_examples_validate_with_their_models_present(s3_server, example):
+    client = s3_client(s3_server)
+    if "my-bucket" not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket="my-bucket")
+    run = yaml.safe_load((REPO / "examples" / example).read_text())["spec"]
+    for uri in (run["seed"]["instructions"], run["seed"]["evaluations"], run["seed"]["evaluationHoldout"]):
+        key = uri.removeprefix("s3://my-bucket/")
+        client.upload_file(str(SEED / {"ift": "ift.jsonl", "eft": "eft.jsonl", "eva": "holdout.jsonl"}[_kind(key)]), "my-bucket", key)
+    env = s3_env(s3_server)
+    missing = selfreward("validate", str(REPO / "examples" / example), env=env, timeout=120)
+    assert missing.returncode == 2 and "spec.baseModel.uri" in missing.stderr
+
+    for uri in (run["baseModel"]["uri"], run.get("promptGeneration", {}).get("model")):
+        if uri:
+            make_model_folder(client, "my-bucket", uri.removeprefix("s3://my-bucket/"))
+    valid = selfreward("validate", str(REPO / "examples" / example), env=env, timeout=120)
+
+    assert valid.returncode == 0, valid.stderr
+
+
+def _kind(key: str) -> str:
+    """Which seed file an example's S3 key stands for: IFT, EFT train, or EFT eval (held out)."""
+    name = key.rsplit("/", 1)[-1]
+    return "eva" if "eval" in name else ("eft" if "eft" in name else "ift")

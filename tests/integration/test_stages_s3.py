@@ -100,11 +100,14 @@ def test_judge_makes_pairs_whose_chosen_outscores_rejected(pipeline):
     assert metrics["pairs"] + metrics["ties"] + metrics["gapTooSmall"] + metrics["unscored"] == metrics["prompts"]
 
 
-def test_constrained_judge_never_fails_to_parse(pipeline):
+def test_constrained_judge_scores_every_judgement_and_counts_the_ones_it_constrained(pipeline):
     metrics = pipeline["m1"].summary("judge")["metrics"]
     assert metrics["judgements"] == metrics["candidates"] * 3
-    assert metrics["parseFailures"] == 0
+    # Every judgement has a score: the model's own, or a constrained one where it gave none.
     assert sum(metrics[f"score{n}"] for n in range(6)) == metrics["judgements"]
+    # A parse failure is still counted; with the constraint each one got a constrained score.
+    assert metrics["parseFailures"] == metrics["constrainedScores"] <= metrics["judgements"]
+    assert 0 <= metrics["truncatedJudgements"] <= metrics["judgements"]
 
 
 def test_every_manifest_matches_its_files(pipeline):
@@ -145,4 +148,5 @@ def test_a_stage_refuses_an_uncommitted_input(pipeline, tmp_path):
     step = planner.step_for(run.spec, root, 9, "generate", 1)  # iteration 9 has no prompts
     result = run_stages([stage_config(run, root, step)], pipeline["env"])
     assert result.code == 1
-    assert "has no _manifest.json" in result.summaries[0]["error"]
+    assert "nothing there" in result.summaries[0]["error"]
+    assert result.summaries[0]["permanent"] is False

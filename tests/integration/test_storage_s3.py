@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from selfreward.trainer.storage import ArtifactMissing, Storage, StorageOptions
+from selfreward.trainer.storage import ArtifactMissing, IntegrityError, ModelFolderError, Storage, StorageOptions
+from tests.fixtures.s3 import s3_client
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +47,8 @@ def test_model_folder_uploads_and_downloads_by_manifest(s3, s3_bucket, tmp_path,
     local = tmp_path / "model"
     (local / "sub").mkdir(parents=True)
     (local / "config.json").write_text("{}")
+    (local / "tokenizer.json").write_text("{}")
+    (local / "model.safetensors").write_bytes(b"\x02" * 16)
     (local / "sub" / "weights.bin").write_bytes(b"\x00" * 1024)
     folder = f"s3://{s3_bucket}/run/iter-01/model"
     s3.commit(folder, s3.upload_folder(local, folder))
@@ -52,12 +57,66 @@ def test_model_folder_uploads_and_downloads_by_manifest(s3, s3_bucket, tmp_path,
     assert (copy / "sub" / "weights.bin").read_bytes() == b"\x00" * 1024
 
 
-def test_an_uncommitted_model_is_not_downloaded(s3, s3_bucket):
-    with pytest.raises(ArtifactMissing, match="not committed"):
-        s3.local_folder(f"s3://{s3_bucket}/run/iter-01/model")
+def upload_plain_model(client, bucket: str, prefix: str, files: dict[str, bytes]) -> str:
+    """A model folder as a user uploads it with any S3 client: objects, no manifest."""
+    for name, data in files.items():
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=data)
+    return f"s3://{bucket}/{prefix}"
 
 
-def test_listing_and_existence(s3, s3_bucket):
+MODEL_FILES = {"config.json": b"{}", "model.safetensors": b"\x00" * 64, "tokenizer.json": b"{}"}
+
+
+def test_a_plain_uploaded_model_folder_is_downloaded_without_a_manifest(s3, s3_server, s3_bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFREWARD_CACHE", str(tmp_path / "cache"))
+    uri = upload_plain_model(s3_client(s3_server), s3_bucket, "models/base", MODEL_FILES)
+
+    copy = s3.local_folder(uri)
+
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if not p.name.startswith(".")} == MODEL_FILES
+
+
+def test_a_model_uploaded_again_is_downloaded_again(s3, s3_server, s3_bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFREWARD_CACHE", str(tmp_path / "cache"))
+    client = s3_client(s3_server)
+    uri = upload_plain_model(client, s3_bucket, "models/base", MODEL_FILES)
+    first = s3.local_folder(uri)
+    upload_plain_model(client, s3_bucket, "models/base", {"model.safetensors": b"\x01" * 64})
+
+    second = s3.local_folder(uri)
+
+    assert second != first and (second / "model.safetensors").read_bytes() == b"\x01" * 64
+
+
+def test_an_empty_prefix_is_refused_saying_what_a_model_folder_holds(s3, s3_bucket):
+    with pytest.raises(ModelFolderError, match="no objects under it.*config.json"):
+        s3.local_folder(f"s3://{s3_bucket}/models/nothing-here")
+
+
+def test_a_half_uploaded_model_is_refused_naming_the_missing_shard(s3, s3_server, s3_bucket):
+    index = json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})
+    files = {"config.json": b"{}", "tokenizer.json": b"{}", "model.safetensors.index.json": index.encode(),
+             "model-00001-of-00002.safetensors": b"\x00"}
+    uri = upload_plain_model(s3_client(s3_server), s3_bucket, "models/half", files)
+
+    with pytest.raises(ModelFolderError, match="model-00002-of-00002.safetensors"):
+        s3.inspect_model(uri)
+
+
+def test_a_committed_model_whose_file_changed_is_refused(s3, s3_bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFREWARD_CACHE", str(tmp_path / "cache"))
+    local = tmp_path / "model"
+    local.mkdir()
+    for name, data in MODEL_FILES.items():
+        (local / name).write_bytes(data)
+    folder = f"s3://{s3_bucket}/run/iter-01/model"
+    s3.commit(folder, s3.upload_folder(local, folder))
+    s3.write_bytes(f"{folder}/model.safetensors", b"tampered")
+
+    with pytest.raises(IntegrityError, match="sha256"):
+        s3.local_folder(folder)
+
+
+def test_listing(s3, s3_bucket):
     s3.write_text(f"s3://{s3_bucket}/a/b/c.txt", "x")
     assert list(s3.list(f"s3://{s3_bucket}/a")) == [f"s3://{s3_bucket}/a/b/c.txt"]
-    assert s3.exists(f"s3://{s3_bucket}/a/b/c.txt") and not s3.exists(f"s3://{s3_bucket}/a/nope")

@@ -149,7 +149,7 @@ class Storage:
                 raise ArtifactMissing(uri) from error
         try:
             return Path(uri).read_bytes()
-        except FileNotFoundError as error:
+        except (FileNotFoundError, NotADirectoryError) as error:
             raise ArtifactMissing(uri) from error
 
     def write_bytes(self, uri: str, data: bytes) -> None:
@@ -253,7 +253,10 @@ class Storage:
         listing = self._sizes(uri)
         if listing:
             return sha256_json(listing)
-        return sha256_bytes(self.read_bytes(uri))
+        try:
+            return sha256_bytes(self.read_bytes(uri))
+        except ArtifactMissing:
+            raise ArtifactMissing(f"{uri}: nothing there (no file, no folder with a {MANIFEST})") from None
 
     # ---- folders: models and checkpoints -----------------------------------------------------
     def upload_folder(self, local: Path, folder: str) -> dict[str, str]:
