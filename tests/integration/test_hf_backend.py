@@ -64,6 +64,9 @@ def test_hf_backend_samples_every_candidate(local_run, tiny_model):
     rows = storage.read_committed_jsonl(f"{root}/iter-02/candidates/shard-00000-of-00001", "candidates.jsonl")
     assert [len(r["candidates"]) for r in rows] == [4, 4, 4]
     assert result.summaries[0]["metrics"]["candidates"] == 12
+    # A completion cut off at maxTokens is flagged per candidate and counted.
+    assert [len(r["truncated"]) for r in rows] == [4, 4, 4]
+    assert result.summaries[0]["metrics"]["truncatedCandidates"] == sum(t for r in rows for t in r["truncated"])
 
 
 def test_unconstrained_judge_counts_parse_failures_and_guesses_nothing(local_run, tiny_model):
@@ -83,6 +86,8 @@ def test_unconstrained_judge_counts_parse_failures_and_guesses_nothing(local_run
     from selfreward.trainer.rubric import parse_score
 
     assert metrics["parseFailures"] == sum(1 for t in texts if parse_score(t) is None) == 12
+    assert metrics["constrainedScores"] == 0
+    assert not any(k for c in judged[0]["candidates"] for k in c["constrained"])
     assert metrics["pairs"] == 0 and metrics["unscored"] == 1
 
 

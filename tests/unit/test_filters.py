@@ -162,20 +162,30 @@ def test_exact_duplicates_ignore_case_spacing_and_end_punctuation(candidate, exi
     assert only_reason(candidate, [existing], rouge_l_threshold=1.0) is RejectReason.DUPLICATE
 
 
-# "write a poem today" vs "write a story tomorrow": LCS "write a" = 2 of 4 and 4 words,
-# so precision = recall = 2/4 and ROUGE-L F = 0.5.
+# ROUGE-L F = 2 * LCS / (words of one + words of the other) when both are given as here.
+# "write a poem today" vs "write a story tomorrow": LCS "write a" = 2 of 4 + 4 words: F = 0.5.
+# The ten-word pair shares its first seven words: F = 2 * 7 / 20 = 0.7 exactly, in floats too.
+TEN_WORDS = "one two three four five six seven eight nine ten"
+SEVEN_SHARED = "one two three four five six seven alpha beta gamma"
+
+
 @pytest.mark.parametrize(
-    ("threshold", "reason"),
+    ("existing", "candidate", "fmeasure", "threshold", "reason"),
     [
-        pytest.param(0.5, None, id="equal-to-threshold-kept"),
-        pytest.param(0.49, RejectReason.NEAR_DUPLICATE, id="above-threshold-rejected"),
+        pytest.param(TEN_WORDS, SEVEN_SHARED, 0.7, 0.7, RejectReason.NEAR_DUPLICATE, id="at-paper-threshold-rejected"),
+        pytest.param(TEN_WORDS, SEVEN_SHARED, 0.7, 0.71, None, id="just-below-threshold-kept"),
+        pytest.param("write a poem today", "write a story tomorrow", 0.5, 0.5, RejectReason.NEAR_DUPLICATE,
+                     id="equal-to-threshold-rejected"),
+        pytest.param("write a poem today", "write a story tomorrow", 0.5, 0.49, RejectReason.NEAR_DUPLICATE,
+                     id="above-threshold-rejected"),
+        pytest.param("write a poem today", "write a story tomorrow", 0.5, 0.51, None, id="below-threshold-kept"),
     ],
 )
-def test_near_duplicate_threshold_is_strict(threshold, reason):
-    existing = ["write a poem today"]
-
-    assert rouge_l_fmeasure(existing[0], "write a story tomorrow") == 0.5
-    assert only_reason("write a story tomorrow", existing, rouge_l_threshold=threshold) is reason
+def test_near_duplicate_at_or_above_the_threshold_is_rejected(existing, candidate, fmeasure, threshold, reason):
+    # Self-Instruct keeps a new instruction only when its ROUGE-L with every kept one is below the threshold.
+    assert rouge_l_fmeasure(existing, candidate) == fmeasure
+    assert RougeScorer(["rougeL"]).score(existing, candidate)["rougeL"].fmeasure == fmeasure
+    assert only_reason(candidate, [existing], rouge_l_threshold=threshold) is reason
 
 
 @pytest.mark.parametrize(

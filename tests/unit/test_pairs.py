@@ -6,8 +6,9 @@ from selfreward.trainer.pairs import (
     DropReason,
     JudgedCandidate,
     PairDecision,
+    mean_score,
     select_pair,
-    summarize_decisions,
+    valid_scores,
 )
 
 
@@ -30,6 +31,28 @@ def candidates(*score_lists):
 )
 def test_mean_score(scores, expected):
     assert JudgedCandidate(index=0, text="", scores=scores).mean_score == expected
+    assert mean_score(scores) == expected
+
+
+@pytest.mark.parametrize(
+    ("scores", "min_valid", "valid", "mean"),
+    [
+        pytest.param((4, 5, 3), 2, (4, 5, 3), 4.0, id="all-valid"),
+        pytest.param((4, None, 5), 2, (4, 5), 4.5, id="exactly-the-minimum"),
+        pytest.param((4, None, None), 2, None, None, id="one-valid-is-too-few"),
+        pytest.param((4, None, None), 1, (4,), 4.0, id="minimum-one"),
+        pytest.param((None, None, None), 1, None, None, id="none-valid"),
+        pytest.param((3, 3, 3), 3, (3, 3, 3), 3.0, id="minimum-equal-to-samples"),
+    ],
+)
+def test_a_response_needs_the_minimum_number_of_valid_judgements(scores, min_valid, valid, mean):
+    assert valid_scores(scores, min_valid) == valid
+    assert mean_score(scores, min_valid) == mean
+
+
+def test_a_minimum_below_one_is_refused():
+    with pytest.raises(ValueError):
+        valid_scores((1, 2), 0)
 
 
 @pytest.mark.parametrize(
@@ -141,28 +164,22 @@ def test_drop_reasons_read_as_status_reasons():
     assert [reason.value for reason in DropReason] == ["Tie", "ScoreGapTooSmall", "TooFewScored"]
 
 
-def test_summary_counts_each_outcome_and_averages_kept_pairs():
-    decisions = [
-        select_pair(candidates((5,), (3,))),  # kept: 5 vs 3
-        select_pair(candidates((4, 4), (2, 1))),  # kept: 4 vs 1.5
-        select_pair(candidates((4,), (4,))),  # tie
-        select_pair(candidates((5,), (4,)), min_score_gap=2),  # gap too small
-        select_pair(candidates((None,), (2,))),  # unscored
-    ]
+@pytest.mark.parametrize(
+    ("score_lists", "min_valid", "drop_reason", "chosen", "rejected"),
+    [
+        # K = 3, minimum 2: the lone 5 of candidate 0 does not compete.
+        pytest.param([(5, None, None), (4, 4, None), (2, 3, 2)], 2, None, 1, 2, id="lucky-single-parse-ignored"),
+        pytest.param([(5, None, None), (4, 4, None), (2, 3, 2)], 1, None, 0, 2, id="minimum-one-lets-it-compete"),
+        pytest.param([(5, None, None), (1, None, None), (3, 3, 3)], 2, DropReason.UNSCORED, None, None,
+                     id="fewer-than-two-with-enough-scores"),
+        pytest.param([(5, 5, 5), (1, 1, None)], 3, DropReason.UNSCORED, None, None, id="minimum-three"),
+    ],
+)
+def test_candidates_with_too_few_valid_judgements_are_unscored(score_lists, min_valid, drop_reason, chosen, rejected):
+    decision = select_pair(candidates(*score_lists), min_valid_judgements=min_valid)
 
-    assert summarize_decisions(decisions) == {
-        "pairs": 2,
-        "ties": 1,
-        "gap_too_small": 1,
-        "unscored": 1,
-        "mean_chosen_score": 4.5,  # (5 + 4) / 2
-        "mean_rejected_score": 2.25,  # (3 + 1.5) / 2
-    }
-
-
-def test_summary_without_kept_pairs_has_no_mean_scores():
-    summary = summarize_decisions([select_pair(candidates((3,), (3,)))])
-
-    assert summary["pairs"] == 0
-    assert summary["mean_chosen_score"] is None
-    assert summary["mean_rejected_score"] is None
+    assert decision.drop_reason is drop_reason
+    assert (decision.chosen and decision.chosen.index, decision.rejected and decision.rejected.index) == (
+        chosen,
+        rejected,
+    )

@@ -5,12 +5,16 @@ from pathlib import Path
 
 import pytest
 
+from selfreward.trainer.failures import PermanentFailure
 from selfreward.trainer.rubric import (
     DEFAULT_JUDGE_TEMPLATE,
     SCORE_LINE_PREFIX,
+    JudgeTemplateError,
     parse_score,
     render_judge_prompt,
     score_choices,
+    score_head,
+    validate_judge_template,
 )
 
 
@@ -38,6 +42,23 @@ def test_default_template_is_compact_enough_for_tiny_models():
     assert 150 <= len(DEFAULT_JUDGE_TEMPLATE.split()) <= 220
 
 
+@pytest.mark.parametrize(
+    ("low", "high", "stated"),
+    [
+        pytest.param(0, 5, "a whole number from 0 to 5", id="paper-range"),
+        pytest.param(1, 9, "a whole number from 1 to 9", id="spec-range"),
+    ],
+)
+def test_default_template_states_the_score_range(low, high, stated):
+    assert stated in render_judge_prompt("Q", "A", low=low, high=high)
+
+
+def test_a_custom_template_may_state_the_score_range():
+    rendered = render_judge_prompt("Q", "A", "{prompt}|{response}|{score_min}-{score_max}", low=1, high=7)
+
+    assert rendered == "Q|A|1-7"
+
+
 def test_custom_template_is_used():
     rendered = render_judge_prompt("Q", "A", template="Q={prompt} A={response} {{literal}}")
 
@@ -53,8 +74,13 @@ def test_custom_template_is_used():
     ],
 )
 def test_custom_template_without_a_placeholder_is_refused(template, missing):
-    with pytest.raises(ValueError, match=missing):
+    with pytest.raises(JudgeTemplateError, match=missing):
         render_judge_prompt("Q", "A", template=template)
+
+
+def test_a_template_error_is_permanent_and_names_the_field():
+    with pytest.raises(PermanentFailure, match="judge.template"):
+        validate_judge_template("Grade it.")
 
 
 @pytest.mark.parametrize(
@@ -66,7 +92,7 @@ def test_custom_template_without_a_placeholder_is_refused(template, missing):
     ],
 )
 def test_custom_template_with_other_fields_is_refused(template):
-    with pytest.raises(ValueError):
+    with pytest.raises(JudgeTemplateError):
         render_judge_prompt("Q", "A", template=template)
 
 
@@ -159,3 +185,25 @@ def test_every_score_choice_parses_back():
 def test_score_choices_refuses_an_empty_range():
     with pytest.raises(ValueError):
         score_choices(5, 0)
+
+
+@pytest.mark.parametrize(
+    ("judgement", "head"),
+    [
+        pytest.param("Relevant but thin.", "Relevant but thin.\nScore:", id="no-label-appends-a-line"),
+        pytest.param("Relevant.\n\n", "Relevant.\nScore:", id="trailing-blank-lines-dropped"),
+        pytest.param("", "Score:", id="empty"),
+        pytest.param("Good.\nScore: five", "Good.\nScore:", id="unreadable-value-cut"),
+        pytest.param("Good.\nScore: 7", "Good.\nScore:", id="out-of-range-cut"),
+        pytest.param("Good.\n**Score:** 3.5 maybe", "Good.\n**Score:", id="bold-label-cut"),
+        pytest.param("score: 2 then\nFinal score: 4-5", "score: 2 then\nFinal Score:", id="last-label-cut"),
+        pytest.param("It was cut off mid-sente", "It was cut off mid-sente\nScore:", id="truncated-text"),
+    ],
+)
+def test_score_head_cuts_at_the_last_label_or_adds_one(judgement, head):
+    assert score_head(judgement) == head
+
+
+@pytest.mark.parametrize("judgement", ["", "Fine.", "Good.\nScore: five", "**Score**: 9", "x score: -1"])
+def test_score_head_and_any_valid_score_parse_back(judgement):
+    assert [parse_score(score_head(judgement) + " " + s) for s in score_choices()] == [0, 1, 2, 3, 4, 5]

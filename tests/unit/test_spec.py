@@ -85,6 +85,7 @@ PAPER_DEFAULTS = [
     pytest.param("promptGeneration.fewShot.fromGenerated", 2, id="fewshot-generated"),
     pytest.param("promptGeneration.temperature", 0.6, id="prompt-temperature"),
     pytest.param("pairs.minScoreGap", 0, id="min-score-gap"),
+    pytest.param("pairs.minValidJudgements", 2, id="min-valid-judgements-majority-of-3"),
     pytest.param("retries.limit", 2, id="retries"),
 ]
 
@@ -167,6 +168,9 @@ INVALID = [
     ),
     pytest.param(("spec.seed.evaluationHoldout", None), "spec.seed.evaluationHoldout", id="cel-evaluation-without-holdout"),
     pytest.param(("spec.pairs.minScoreGap", 6), "spec.pairs.minScoreGap", id="cel-gap-wider-than-score-range"),
+    pytest.param(("spec.pairs.minValidJudgements", 4), "spec.pairs.minValidJudgements", id="cel-min-valid-above-samples"),
+    pytest.param(("spec.judge.samples", 1), "spec.pairs.minValidJudgements", id="cel-one-sample-below-default-min-valid"),
+    pytest.param(("spec.pairs.minValidJudgements", 0), "spec.pairs.minValidJudgements", id="zero-min-valid"),
     pytest.param(("spec.placement.inference.replicas", 0), "spec.placement.inference.replicas", id="zero-replicas"),
     pytest.param(("spec.sft.schedule", "linear"), "spec.sft.schedule", id="enum-schedule"),
     pytest.param(("spec.storage.uri", "http://x"), "spec.storage.uri", id="pattern-storage-uri"),

@@ -1,7 +1,9 @@
 """Stage `evaluate`: reward-model metrics of a model on held-out human-ranked responses.
 
-The model judges every held-out response with the run's judge settings; the mean scores are
-compared with the human ranking (pairwise accuracy, 5-best, exact match, Spearman, Kendall tau).
+The model judges every held-out response with the run's judge settings; a response with fewer
+than pairs.minValidJudgements valid judgements is unscored (the same rule as for pairs), and the
+scores are compared with the human ranking (pairwise accuracy, 5-best, exact match, Spearman,
+Kendall tau; see metrics.py).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from typing import Any
 
 from selfreward.trainer.contract import StageConfig
 from selfreward.trainer.data import HoldoutRow, read_rows
-from selfreward.trainer.judging import judge_responses, mean_score
+from selfreward.trainer.judging import judge_responses, judgement_counts
 from selfreward.trainer.metrics import RankedPrompt, reward_model_metrics
+from selfreward.trainer.pairs import mean_score, valid_scores
 from selfreward.trainer.progress import Progress
 from selfreward.trainer.stagekit import StageResult, run_single, sampling_seed
 from selfreward.trainer.storage import Storage, join, sha256_bytes
@@ -28,29 +31,30 @@ def run(config: StageConfig, storage: Storage, backend_for) -> StageResult:
 
 def _evaluate(config: StageConfig, storage: Storage, backend_for, output: str) -> dict[str, Any]:
     section = config.section("judge")
+    min_valid = config.section("pairs")["minValidJudgements"]
     holdout = read_rows(storage, config.input("holdout"), HoldoutRow)
     items = [(row.prompt, response.text) for row in holdout for response in row.responses]
     backend = backend_for(config.input("model"))
     progress = Progress(config.stage.value, 0, len(items) * section["samples"], "judgements")
-    judged = iter(judge_responses(backend, items, section, sampling_seed(config, 0), progress))
+    all_judged = judge_responses(backend, items, section, sampling_seed(config, 0), progress)
+    judged = iter(all_judged)
     progress.finish()
 
     ranked, rows = [], []
     for row in holdout:
         per_response = [next(judged) for _ in row.responses]
-        means = tuple(mean_score(js) for js in per_response)
-        ranked.append(RankedPrompt(tuple(r.rank for r in row.responses), means))
+        scores = [[j.score for j in js] for js in per_response]
+        ranked.append(RankedPrompt(tuple(r.rank for r in row.responses), tuple(valid_scores(s, min_valid) for s in scores)))
         rows.append({
             "prompt": row.prompt,
             "responses": [
-                {"rank": r.rank, "mean": m, "scores": [j.score for j in js]}
-                for r, m, js in zip(row.responses, means, per_response)
+                {"rank": r.rank, "mean": mean_score(s, min_valid), "scores": s, "constrained": [j.constrained for j in js]}
+                for r, s, js in zip(row.responses, scores, per_response)
             ],
         })
     found = reward_model_metrics(ranked, top_score=section["scoreRange"]["max"])
-    parse_failures = sum(1 for r in rows for resp in r["responses"] for s in resp["scores"] if s is None)
     metrics = {_camel(k): v for k, v in found.items() if v is not None}
-    metrics["parseFailures"] = parse_failures
+    metrics.update(judgement_counts([j for js in all_judged for j in js]))
     files = storage.write_jsonl_file(output, JUDGEMENTS_FILE, rows)
     metrics_bytes = (json.dumps(found, indent=2, sort_keys=True) + "\n").encode()
     storage.write_bytes(join(output, METRICS_FILE), metrics_bytes)

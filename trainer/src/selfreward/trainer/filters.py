@@ -90,8 +90,11 @@ def filter_prompts(
 
     Checks run in this order and the first failing one is the reason counted: empty, word
     count (min_words..max_words inclusive), banned keyword, exact duplicate (after
-    normalizing case, whitespace and end punctuation), near duplicate (ROUGE-L F-measure
-    strictly above rouge_l_threshold).
+    normalizing case, whitespace and end punctuation), near duplicate (ROUGE-L F-measure at
+    or above rouge_l_threshold with any prompt of the pool). The paper's self-instruction
+    follows Self-Instruct (Wang et al. 2023), which adds a new instruction only when its
+    ROUGE-L with every existing one is below the threshold (0.7): a score exactly at the
+    threshold is a near duplicate.
 
     Cost: the near-duplicate check compares each candidate with the whole pool (existing +
     kept), O(candidates * pool). Each text is tokenized once, and cheap upper bounds (length,
@@ -158,11 +161,12 @@ def _normalize(prompt: str) -> str:
 def _is_near_duplicate(
     candidate: _RougeText, pool: Sequence[_RougeText], threshold: float
 ) -> bool:
-    # Cheapest bound first: each is an upper bound of the exact score.
+    # Cheapest bound first: each is an upper bound of the exact score, so a bound below the
+    # threshold proves the pair is no near duplicate.
     return any(
-        candidate.length_bound_with(other) > threshold
-        and candidate.shared_words_bound_with(other) > threshold
-        and candidate.fmeasure_with(other) > threshold
+        candidate.length_bound_with(other) >= threshold
+        and candidate.shared_words_bound_with(other) >= threshold
+        and candidate.fmeasure_with(other) >= threshold
         for other in pool
     )
 

@@ -32,13 +32,17 @@ def run(config: StageConfig, storage: Storage, backend_for) -> StageResult:
         progress = Progress(config.stage.value, index, len(rows) * sampling.n, "responses")
         samples = backend.generate(backend.render_chat([row["prompt"] for row in rows]), sampling, progress)
         progress.finish()
-        out = [{**row, "candidates": texts} for row, texts in zip(rows, samples, strict=True)]
+        out = [
+            {**row, "candidates": [c.text for c in completions], "truncated": [c.truncated for c in completions]}
+            for row, completions in zip(rows, samples, strict=True)
+        ]
         texts = [text for row in out for text in row["candidates"]]
         metrics = {
             "prompts": len(out),
             "candidates": len(texts),
             "emptyCandidates": sum(1 for text in texts if not text.strip()),
             "candidateChars": sum(len(text) for text in texts),
+            "truncatedCandidates": sum(c.truncated for completions in samples for c in completions),
         }
         folder = shard_folder(output, index, config.shard_count)
         files = storage.write_jsonl_file(folder, CANDIDATES_FILE, out)

@@ -1,9 +1,12 @@
 """Scoring responses with the model as its own judge (used by `judge` and `evaluate`).
 
-Without constrained decoding, the judge writes a justification and a `Score: N` line that is
-parsed; a judgement with no valid score is a parse failure, counted and never guessed. With
-`constrainedScore`, the justification stops at the score line and the score itself is decoded
-constrained to the valid digits, so weak models still give a parseable score.
+The judge writes a justification and a `Score: N` line freely (up to judge.maxTokens), and the
+score is parsed. A judgement with no valid score is a parse failure: counted, never guessed.
+With `constrainedScore`, a parse failure then gets a score by constrained decoding: its text is
+cut at its last score label (or given a last line "Score:") and the score is sampled from the
+model restricted to the valid values, each tokenized in context (constrained.py). Such a
+judgement is marked `constrained`; it is still counted as a parse failure (the model did not
+score it itself) and also as a constrained score.
 """
 
 from __future__ import annotations
@@ -12,14 +15,20 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from selfreward.trainer.backends import Backend, Sampling
+from selfreward.trainer.constrained import plan_choices, walk
 from selfreward.trainer.progress import Progress
-from selfreward.trainer.rubric import SCORE_LINE_PREFIX, parse_score, render_judge_prompt, score_choices
+from selfreward.trainer.rubric import parse_score, render_judge_prompt, score_choices, score_head
 
 
 @dataclass(frozen=True)
 class Judgement:
+    """One judgement. constrained: its score came from constrained decoding, not from the
+    model's own score line. truncated: the free-written text was cut off at maxTokens."""
+
     text: str
     score: int | None
+    constrained: bool = False
+    truncated: bool = False
 
 
 def judge_responses(
@@ -31,30 +40,55 @@ def judge_responses(
 ) -> list[list[Judgement]]:
     """`section["samples"]` judgements of each (prompt, response), in order, batched."""
     low, high = section["scoreRange"]["min"], section["scoreRange"]["max"]
-    prompts = backend.render_chat([render_judge_prompt(p, r, section.get("template")) for p, r in items])
-    constrained = section["constrainedScore"]
+    template = section.get("template")
+    prompts = backend.render_chat([render_judge_prompt(p, r, template, low, high) for p, r in items])
     sampling = Sampling(
         n=section["samples"],
         temperature=section["temperature"],
         top_p=section["topP"],
         max_tokens=section["maxTokens"],
         seed=seed,
-        stop=(SCORE_LINE_PREFIX.strip(),) if constrained else (),
     )
-    texts = backend.generate(prompts, sampling, progress)
-    if not constrained:
-        return [[Judgement(text, parse_score(text, low, high)) for text in samples] for samples in texts]
-    heads = [(prompt, text.rstrip() + "\n" + SCORE_LINE_PREFIX) for prompt, samples in zip(prompts, texts) for text in samples]
-    one = Sampling(1, section["temperature"], 1.0, 1, seed + 1)
-    digits = backend.choose([prompt + head for prompt, head in heads], score_choices(low, high), one)
-    flat = [Judgement(head + digit[0], int(digit[0])) for (_, head), digit in zip(heads, digits, strict=True)]
-    per_item = section["samples"]
-    return [flat[i * per_item : (i + 1) * per_item] for i in range(len(items))]
+    completions = backend.generate(prompts, sampling, progress)
+    judged = [
+        [Judgement(c.text, parse_score(c.text, low, high), truncated=c.truncated) for c in samples]
+        for samples in completions
+    ]
+    if section["constrainedScore"]:
+        _constrain_unscored(backend, prompts, judged, low, high, section["temperature"], seed + 1)
+    return judged
 
 
-def mean_score(judgements: Sequence[Judgement]) -> float | None:
-    scores = [j.score for j in judgements if j.score is not None]
-    return sum(scores) / len(scores) if scores else None
+def _constrain_unscored(
+    backend: Backend,
+    prompts: Sequence[str],
+    judged: list[list[Judgement]],
+    low: int,
+    high: int,
+    temperature: float,
+    seed: int,
+) -> None:
+    """Give every judgement without a valid score one by constrained decoding, in place."""
+    missing = [(i, k) for i, samples in enumerate(judged) for k, j in enumerate(samples) if j.score is None]
+    if not missing:
+        return
+    choices = [" " + choice for choice in score_choices(low, high)]  # the label is followed by a space
+    heads = [score_head(judged[i][k].text) for i, k in missing]
+    tries = [plan_choices(backend.encode, prompts[i] + head, choices) for (i, _), head in zip(missing, heads)]
+    picked = walk(tries, lambda steps, round_number: backend.pick_tokens(steps, temperature, seed + round_number))
+    for (i, k), head, choice in zip(missing, heads, picked):
+        judged[i][k] = Judgement(head + choice, int(choice), constrained=True, truncated=judged[i][k].truncated)
+
+
+def judgement_counts(judgements: Sequence[Judgement]) -> dict[str, int]:
+    """parseFailures: judgements the model did not score itself (also when a score was then
+    constrained); constrainedScores: those scored by constrained decoding; truncatedJudgements:
+    those whose free text was cut off at maxTokens."""
+    return {
+        "parseFailures": sum(1 for j in judgements if j.score is None or j.constrained),
+        "constrainedScores": sum(1 for j in judgements if j.constrained),
+        "truncatedJudgements": sum(1 for j in judgements if j.truncated),
+    }
 
 
 def score_counts(judgements: Sequence[Judgement], low: int, high: int) -> dict[str, int]:

@@ -2,8 +2,9 @@
 
 The evaluation stage judges held-out prompts whose responses humans ranked, and these
 functions compare the two, as the paper does: pairwise accuracy, 5-best, exact match,
-Spearman and Kendall tau. Unparsed judgements (None) are counted and left out of each
-metric's denominator, never replaced by a guess.
+Spearman and Kendall tau. Unscored responses (fewer valid judgements than
+pairs.minValidJudgements, see pairs.valid_scores) are counted and left out of each metric's
+denominator, never replaced by a guess.
 """
 
 from __future__ import annotations
@@ -16,19 +17,32 @@ from statistics import fmean
 
 from scipy.stats import kendalltau, spearmanr
 
+from selfreward.trainer.pairs import mean_score
+
 
 @dataclass(frozen=True)
 class RankedPrompt:
-    """One prompt's responses: human ranks (1 = best, distinct) and mean judge scores."""
+    """One prompt's responses: human ranks (1 = best, distinct) and the model's judge scores.
+
+    judge_scores holds, per response, the valid scores of its K judgements (pairs.valid_scores),
+    or None when the response is unscored. A response's model score is their mean, as for pairs.
+    """
 
     human_ranks: tuple[int, ...]
-    model_scores: tuple[float | None, ...]
+    judge_scores: tuple[tuple[int, ...] | None, ...]
 
     def __post_init__(self) -> None:
-        if len(self.human_ranks) != len(self.model_scores):
-            raise ValueError("human_ranks and model_scores must have one entry per response")
+        if len(self.human_ranks) != len(self.judge_scores):
+            raise ValueError("human_ranks and judge_scores must have one entry per response")
         if len(set(self.human_ranks)) != len(self.human_ranks):
             raise ValueError(f"human ranks must be distinct, got {self.human_ranks}")
+        if any(scores is not None and not scores for scores in self.judge_scores):
+            raise ValueError("a scored response needs at least one score; write None for an unscored one")
+
+    @property
+    def model_scores(self) -> tuple[float | None, ...]:
+        """Each response's mean judge score; None for an unscored response."""
+        return tuple(None if scores is None else mean_score(scores) for scores in self.judge_scores)
 
     def scored_responses(self) -> list[tuple[int, float]]:
         """(human rank, model score) of the responses that have a score."""
@@ -40,22 +54,29 @@ class RankedPrompt:
 
     @property
     def fully_scored(self) -> bool:
-        return all(score is not None for score in self.model_scores)
+        return all(scores is not None for scores in self.judge_scores)
 
 
 def reward_model_metrics(
-    prompts: Sequence[RankedPrompt], top_score: float = 5
+    prompts: Sequence[RankedPrompt], top_score: int = 5
 ) -> dict[str, float | int | None]:
     """All reward-model metrics; fractions are in 0..1 and None when nothing was measurable.
 
     - pairwise_accuracy: over response pairs of a prompt that both have a score, the share
-      where the model scores the human-better one strictly higher (a model tie is wrong).
-    - five_best: among responses scored exactly top_score, the share that are their
-      prompt's human top response (lowest rank, normally 1).
+      where the model's mean score is strictly higher for the human-better one (a tie is wrong).
+    - five_best: the paper (Yuan et al. 2024, reward-modeling metrics) reports how often the
+      responses the model scores a perfect top_score ("5 out of 5") are the ones humans
+      ranked highest. The paper's judge gives a response one score per judgement, and each of
+      the K sampled judgements is one such scoring: so five_best is, over every valid
+      judgement of a scored response that gives exactly top_score, the share whose response
+      is its prompt's human top (lowest rank, normally 1). It estimates the paper's quantity
+      whatever K is; requiring the mean of K samples to equal top_score would instead count
+      only unanimous 5s, a stricter event that grows rarer as K grows.
+      five_best_judgements is its denominator.
     - exact_match: among prompts with at least two responses, all scored, the share where
-      the model's scores strictly decrease along the human order (no ties).
-    - spearman, kendall_tau: per prompt, between the scores and the negated human ranks of
-      its scored responses, averaged over the prompts where they are defined (at least two
+      the model's mean scores strictly decrease along the human order (no ties).
+    - spearman, kendall_tau: per prompt, between the mean scores and the negated human ranks
+      of its scored responses, averaged over the prompts where they are defined (at least two
       scored responses whose scores are not all equal).
     """
     correct_pairs, pairs_evaluated = _pairwise_counts(prompts)
@@ -64,10 +85,10 @@ def reward_model_metrics(
     correlations = _per_prompt_correlations(prompts)
     return {
         "prompts": len(prompts),
-        "unscored_responses": sum(p.model_scores.count(None) for p in prompts),
+        "unscored_responses": sum(p.judge_scores.count(None) for p in prompts),
         "pairs_evaluated": pairs_evaluated,
         "pairwise_accuracy": _fraction(correct_pairs, pairs_evaluated),
-        "five_best_responses": top_scored,
+        "five_best_judgements": top_scored,
         "five_best": _fraction(five_best_hits, top_scored),
         "exact_match_prompts": len(exact_candidates),
         "exact_match": _fraction(
@@ -91,14 +112,17 @@ def _pairwise_counts(prompts: Sequence[RankedPrompt]) -> tuple[int, int]:
     return correct, evaluated
 
 
-def _five_best_counts(prompts: Sequence[RankedPrompt], top_score: float) -> tuple[int, int]:
+def _five_best_counts(prompts: Sequence[RankedPrompt], top_score: int) -> tuple[int, int]:
+    """(judgements giving top_score to their prompt's human top, judgements giving top_score)."""
     hits = top_scored = 0
     for prompt in prompts:
         best_rank = min(prompt.human_ranks, default=None)
-        for rank, score in prompt.scored_responses():
-            if score == top_score:
-                top_scored += 1
-                hits += rank == best_rank
+        for rank, scores in zip(prompt.human_ranks, prompt.judge_scores):
+            if scores is None:
+                continue
+            tops = scores.count(top_score)
+            top_scored += tops
+            hits += tops if rank == best_rank else 0
     return hits, top_scored
 
 

@@ -1,9 +1,13 @@
 """Preference-pair selection: from judged candidates of one prompt to one DPO pair, or a reason.
 
-Each prompt has N candidate responses, each judged K times. The pair is the candidate with
-the highest mean score (chosen) against the one with the lowest (rejected). Prompts that
-cannot give a pair are dropped with a reason, and the reasons are counted per iteration:
-many ties or unscored prompts are the signs of a collapsing or illiterate judge.
+Each prompt has N candidate responses, each judged K times. A candidate competes only with at
+least `min_valid_judgements` valid scores (pairs.minValidJudgements: a mean of one lucky parse
+out of K is not a judgement); its score is then the mean of its valid scores. The pair is the
+candidate with the highest mean score (chosen) against the one with the lowest (rejected).
+Prompts that cannot give a pair are dropped with a reason, and the reasons are counted per
+iteration: many ties or unscored prompts are the signs of a collapsing or illiterate judge.
+This module holds the one rule for a response's score (`valid_scores`, `mean_score`), used by
+the judge stage and the evaluation alike.
 """
 
 from __future__ import annotations
@@ -11,11 +15,25 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from statistics import fmean
 
 # Means are averages of small integers; this only absorbs float rounding in the gap, so a
 # gap of exactly min_score_gap is kept however the subtraction rounds.
 _GAP_TOLERANCE = 1e-9
+
+
+def valid_scores(scores: Iterable[int | None], min_valid: int = 1) -> tuple[int, ...] | None:
+    """The valid scores of a response's judgements (None: unparsed), or None when fewer than
+    `min_valid` (at least 1) are valid: the response is unscored."""
+    if min_valid < 1:
+        raise ValueError(f"min_valid must be >= 1, got {min_valid}")
+    valid = tuple(score for score in scores if score is not None)
+    return valid if len(valid) >= min_valid else None
+
+
+def mean_score(scores: Iterable[int | None], min_valid: int = 1) -> float | None:
+    """A response's score: the mean of its valid judge scores; None when it is unscored."""
+    valid = valid_scores(scores, min_valid)
+    return sum(valid) / len(valid) if valid is not None else None
 
 
 @dataclass(frozen=True)
@@ -28,8 +46,8 @@ class JudgedCandidate:
 
     @property
     def mean_score(self) -> float | None:
-        valid = [score for score in self.scores if score is not None]
-        return sum(valid) / len(valid) if valid else None
+        """The mean of the valid scores (None when there is none); see `mean_score`."""
+        return mean_score(self.scores)
 
 
 class DropReason(str, Enum):
@@ -60,10 +78,13 @@ class PairDecision:
         return self.drop_reason is None
 
 
-def select_pair(candidates: Sequence[JudgedCandidate], min_score_gap: float = 0.0) -> PairDecision:
+def select_pair(
+    candidates: Sequence[JudgedCandidate], min_score_gap: float = 0.0, min_valid_judgements: int = 1
+) -> PairDecision:
     """Pick chosen (highest mean) and rejected (lowest mean) among the scored candidates.
 
-    Candidates without any valid score are ignored. Among equal means, chosen is the one
+    A candidate is scored when at least min_valid_judgements of its judgements have a valid
+    score; the others are ignored (unscored). Among equal means, chosen is the one
     with the lowest index and rejected the one with the highest, so the result does not
     depend on the order of `candidates`. Drops: fewer than two scored candidates
     (UNSCORED), equal means (TIE), or a gap below min_score_gap (SCORE_GAP; a gap equal to
@@ -74,7 +95,7 @@ def select_pair(candidates: Sequence[JudgedCandidate], min_score_gap: float = 0.
     scored = [
         (mean, candidate)
         for candidate in candidates
-        if (mean := candidate.mean_score) is not None
+        if (mean := mean_score(candidate.scores, min_valid_judgements)) is not None
     ]
     if len(scored) < 2:
         return PairDecision(chosen=None, rejected=None, drop_reason=DropReason.UNSCORED)
@@ -88,27 +109,3 @@ def select_pair(candidates: Sequence[JudgedCandidate], min_score_gap: float = 0.
     else:
         drop_reason = None
     return PairDecision(chosen=chosen, rejected=rejected, drop_reason=drop_reason)
-
-
-def summarize_decisions(decisions: Iterable[PairDecision]) -> dict[str, int | float | None]:
-    """Counts per outcome, and the mean scores of the kept pairs (None when no pair was kept)."""
-    decisions = list(decisions)
-    kept = [decision for decision in decisions if decision.kept]
-    return {
-        "pairs": len(kept),
-        "ties": _count(decisions, DropReason.TIE),
-        "gap_too_small": _count(decisions, DropReason.SCORE_GAP),
-        "unscored": _count(decisions, DropReason.UNSCORED),
-        "mean_chosen_score": _mean_of(decision.chosen for decision in kept),
-        "mean_rejected_score": _mean_of(decision.rejected for decision in kept),
-    }
-
-
-def _count(decisions: Sequence[PairDecision], reason: DropReason) -> int:
-    return sum(1 for decision in decisions if decision.drop_reason is reason)
-
-
-def _mean_of(candidates: Iterable[JudgedCandidate | None]) -> float | None:
-    means = [candidate.mean_score for candidate in candidates if candidate is not None]
-    valid = [mean for mean in means if mean is not None]
-    return fmean(valid) if valid else None

@@ -5,6 +5,10 @@ holds the judge prompt and the one rule that turns a judgement into a score, so 
 judge stage, the EFT data builder and the evaluation all read judgements the same way.
 A judgement without a valid score is a parse failure: `parse_score` returns None and the
 caller counts it; it never guesses.
+
+Templates (the built-in one or judge.template) are format strings with the placeholders
+{prompt} and {response} (required) and {score_min} and {score_max} (optional: the spec's
+judge.scoreRange, so the prompt states the range the parser accepts).
 """
 
 from __future__ import annotations
@@ -12,9 +16,14 @@ from __future__ import annotations
 import re
 import string
 
+from selfreward.trainer.failures import PermanentFailure
+
 PROMPT_FIELD = "prompt"
 RESPONSE_FIELD = "response"
+SCORE_MIN_FIELD = "score_min"
+SCORE_MAX_FIELD = "score_max"
 SCORE_LINE_PREFIX = "Score: "
+SCORE_LABEL = SCORE_LINE_PREFIX.strip()
 LOWEST_SCORE = 0
 HIGHEST_SCORE = 5
 
@@ -37,7 +46,7 @@ excellent, engaging and insightful.
 {response}
 
 Explain your grade in no more than 100 words. Then write the final line exactly as \
-"Score: N", where N is the total number of points, a whole number from 0 to 5."""
+"Score: N", where N is the total number of points, a whole number from {score_min} to {score_max}."""
 
 # The last "score:" label wins. The value part is optional so that a final label followed by
 # something unreadable ("Score: five") is still the last match, and yields no score.
@@ -56,25 +65,37 @@ _SCORE_PATTERN = re.compile(
 )
 
 
-def render_judge_prompt(prompt: str, response: str, template: str | None = None) -> str:
-    """Fill the judge template with one prompt and one candidate response."""
+class JudgeTemplateError(PermanentFailure, ValueError):
+    """judge.template cannot be used; the message names the placeholder to fix."""
+
+
+def render_judge_prompt(
+    prompt: str,
+    response: str,
+    template: str | None = None,
+    low: int = LOWEST_SCORE,
+    high: int = HIGHEST_SCORE,
+) -> str:
+    """Fill the judge template with one prompt, one candidate response and the score range."""
     if template is None:
         template = DEFAULT_JUDGE_TEMPLATE
     else:
         validate_judge_template(template)
-    return template.format(prompt=prompt, response=response)
+    return template.format(prompt=prompt, response=response, score_min=low, score_max=high)
 
 
 def validate_judge_template(template: str) -> None:
-    """Raise ValueError unless the template has exactly the {prompt} and {response} fields."""
+    """Raise JudgeTemplateError unless the template has {prompt} and {response}, and no field
+    other than those and the optional {score_min} and {score_max}."""
     fields = _format_fields(template)
     for required in (PROMPT_FIELD, RESPONSE_FIELD):
         if required not in fields:
-            raise ValueError(f"judge template is missing the {{{required}}} placeholder")
-    unknown = sorted(fields - {PROMPT_FIELD, RESPONSE_FIELD})
+            raise JudgeTemplateError(f"judge.template is missing the {{{required}}} placeholder")
+    unknown = sorted(fields - {PROMPT_FIELD, RESPONSE_FIELD, SCORE_MIN_FIELD, SCORE_MAX_FIELD})
     if unknown:
-        raise ValueError(
-            f"judge template has unknown placeholders {unknown}; write literal braces as {{{{ }}}}"
+        raise JudgeTemplateError(
+            f"judge.template has unknown placeholders {unknown} (allowed: {{prompt}}, {{response}}, "
+            "{score_min}, {score_max}); write literal braces as {{ }}"
         )
 
 
@@ -98,8 +119,24 @@ def parse_score(text: str, low: int = LOWEST_SCORE, high: int = HIGHEST_SCORE) -
     return value if low <= value <= high else None
 
 
+def score_head(judgement: str) -> str:
+    """The judgement up to where its score goes, for a score decoded under constraint.
+
+    Cut at its last score label (whatever followed it did not parse), the label written as
+    "Score:"; or, with no label at all, the text with a last line "Score:" appended. The
+    head plus " N" always parses as N.
+    """
+    last_label = None
+    for last_label in _SCORE_PATTERN.finditer(judgement):
+        pass
+    if last_label is not None:
+        return judgement[: last_label.start()] + SCORE_LABEL
+    text = judgement.rstrip()
+    return f"{text}\n{SCORE_LABEL}" if text else SCORE_LABEL
+
+
 def score_choices(low: int = LOWEST_SCORE, high: int = HIGHEST_SCORE) -> list[str]:
-    """Every valid score as text, for constraining the decoding of the score token."""
+    """Every valid score as text ("0".."5"); written after the label with its space, " 4"."""
     if low > high:
         raise ValueError(f"low ({low}) must not exceed high ({high})")
     return [str(score) for score in range(low, high + 1)]
@@ -109,5 +146,5 @@ def _format_fields(template: str) -> set[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as error:
-        raise ValueError(f"judge template is not a valid format string: {error}") from error
+        raise JudgeTemplateError(f"judge.template is not a valid format string: {error}") from error
     return {field for _, field, _, _ in parsed if field is not None}

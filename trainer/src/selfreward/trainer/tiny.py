@@ -4,12 +4,19 @@ No model hub is reachable from the machines this project is tested on, so the qu
 its own M0: a byte-level BPE tokenizer trained on the seed texts, wrapped with a chat template,
 and a randomly initialised 2-layer Llama saved as a Hugging Face folder (safetensors). A user
 with a real model points `baseModel.uri` at it instead.
+
+Two tokenizer styles, so tests cover how real tokenizers differ:
+- "byte-level": GPT-2-like byte-level BPE; " 4" is one token, "Ġ4".
+- "sentencepiece": Llama-2-like; spaces become "▁" (Metaspace) and every digit is a token of
+  its own, so "Score: 4" ends in "▁", "4"; special tokens <s>, </s>, <unk> and a Llama-2 style
+  [INST] chat template.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import string
 from pathlib import Path
 from typing import Iterable
 
@@ -20,6 +27,14 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
+TOKENIZER_STYLES = ("byte-level", "sentencepiece")
+SP_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
+SP_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% else %}{{ ' ' + message['content'] + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
 
 
 def texts_from_jsonl(paths: Iterable[Path]) -> list[str]:
@@ -42,6 +57,31 @@ def _strings(value: object) -> list[str]:
     return []
 
 
+def train_tokenizer(corpus: list[str], vocab_size: int = 512, style: str = "byte-level"):
+    """A `tokenizers.Tokenizer` of the given style (TOKENIZER_STYLES) trained on `corpus`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if style == "byte-level":
+        bpe = Tokenizer(models.BPE())
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        special, alphabet = SPECIAL_TOKENS, pre_tokenizers.ByteLevel.alphabet()
+    elif style == "sentencepiece":
+        bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+        bpe.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
+            pre_tokenizers.Digits(individual_digits=True),
+        ])
+        bpe.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+        special = SP_SPECIAL_TOKENS
+        alphabet = ["▁", "\n", "\t", *(c for c in string.printable if not c.isspace())]
+    else:
+        raise ValueError(f"tokenizer style {style!r}: expected one of {TOKENIZER_STYLES}")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, initial_alphabet=alphabet)
+    bpe.train_from_iterator(corpus, trainer=trainer)
+    return bpe
+
+
 def make_tiny_model(
     output: Path,
     corpus: list[str],
@@ -51,29 +91,27 @@ def make_tiny_model(
     heads: int = 2,
     max_positions: int = 2048,
     seed: int = 0,
+    tokenizer_style: str = "byte-level",
 ) -> Path:
     """Train the tokenizer on `corpus`, build the model, save both to `output`."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(corpus, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        pad_token="<|pad|>",
-        eos_token="<|end|>",
-        bos_token=None,
-        unk_token=None,
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    bpe = train_tokenizer(corpus, vocab_size, tokenizer_style)
+    if tokenizer_style == "sentencepiece":
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token=None
+        )
+        tokenizer.chat_template = SP_CHAT_TEMPLATE
+    else:
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=bpe,
+            pad_token="<|pad|>",
+            eos_token="<|end|>",
+            bos_token=None,
+            unk_token=None,
+        )
+        tokenizer.chat_template = CHAT_TEMPLATE
 
     torch.manual_seed(seed)
     config = LlamaConfig(
@@ -86,7 +124,7 @@ def make_tiny_model(
         max_position_embeddings=max_positions,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
+        bos_token_id=tokenizer.bos_token_id,
         tie_word_embeddings=True,
         torch_dtype="float32",
     )

@@ -6,13 +6,14 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from selfreward.trainer.backends import Sampling
+from selfreward.trainer.backends import ChatTokenizer, Completion, Sampling
+from selfreward.trainer.constrained import TokenChoice
 from selfreward.trainer.progress import Progress
 
 BATCH_ENV = "SELFREWARD_HF_BATCH"
 
 
-class HfBackend:
+class HfBackend(ChatTokenizer):
     def __init__(self, model_dir: Path, seed: int):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -27,19 +28,14 @@ class HfBackend:
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
         self.seed = seed
         self.batch = int(os.environ.get(BATCH_ENV, "32"))
-
-    def render_chat(self, user_messages: Sequence[str]) -> list[str]:
-        return [
-            self.tokenizer.apply_chat_template([{"role": "user", "content": m}], tokenize=False, add_generation_prompt=True)
-            for m in user_messages
-        ]
+        self.end_ids = _end_token_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
 
     def _encode(self, prompts: Sequence[str]):
         return self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
 
-    def generate(self, prompts: Sequence[str], sampling: Sampling, progress: Progress | None = None) -> list[list[str]]:
+    def generate(self, prompts: Sequence[str], sampling: Sampling, progress: Progress | None = None) -> list[list[Completion]]:
         self.torch.manual_seed(sampling.seed)
-        results: list[list[str]] = []
+        results: list[list[Completion]] = []
         for start in range(0, len(prompts), self.batch):
             batch = prompts[start : start + self.batch]
             encoded = self._encode(batch)
@@ -55,32 +51,61 @@ class HfBackend:
                     tokenizer=self.tokenizer,
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
-            texts = self.tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
-            texts = [_cut_at_stop(text, sampling.stop) for text in texts]
-            results.extend(texts[i * sampling.n : (i + 1) * sampling.n] for i in range(len(batch)))
+            new_tokens = output[:, encoded["input_ids"].shape[1] :]
+            texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            completions = []
+            for row, text in zip(new_tokens.tolist(), texts):
+                cut = _cut_at_stop(text, sampling.stop)
+                # Cut off: all max_tokens were generated with no end token and no stop string.
+                # (A row that ended early is padded, and its pad is an end token or follows one.)
+                ended = cut != text or any(token in self.end_ids for token in row)
+                completions.append(Completion(cut, len(row) >= sampling.max_tokens and not ended))
+            results.extend(completions[i * sampling.n : (i + 1) * sampling.n] for i in range(len(batch)))
             if progress is not None:
                 progress.set(len(results) * sampling.n, len(prompts) * sampling.n)
         return results
 
-    def choose(self, prompts: Sequence[str], choices: Sequence[str], sampling: Sampling) -> list[list[str]]:
+    def pick_tokens(self, steps: Sequence[TokenChoice], temperature: float, seed: int) -> list[int]:
         torch = self.torch
-        generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
-        ids = [self.tokenizer.encode(c, add_special_tokens=False)[0] for c in choices]
-        results: list[list[str]] = []
-        for start in range(0, len(prompts), self.batch):
-            encoded = self._encode(prompts[start : start + self.batch])
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        picked: list[int] = []
+        for start in range(0, len(steps), self.batch):
+            batch = steps[start : start + self.batch]
+            width = max(len(step.prompt_ids) for step in batch)
+            pad = self.tokenizer.pad_token_id
+            input_ids = torch.tensor([[pad] * (width - len(s.prompt_ids)) + list(s.prompt_ids) for s in batch])
+            mask = torch.tensor([[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in batch])
+            # Positions as `generate` computes them for left padding, so a padded row reads as unpadded.
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
-                logits = self.model(**encoded).logits[:, -1, ids].float().cpu()
-            if sampling.temperature > 0:
-                probs = torch.softmax(logits / sampling.temperature, dim=-1)
-                picks = torch.multinomial(probs, sampling.n, replacement=True, generator=generator)
-            else:
-                picks = logits.argmax(dim=-1, keepdim=True).expand(-1, sampling.n)
-            results.extend([choices[int(i)] for i in row] for row in picks)
-        return results
+                logits = self.model(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    position_ids=positions.to(self.device),
+                ).logits[:, -1, :].float().cpu()
+            for row, step in zip(logits, batch):
+                allowed = list(step.allowed_ids)
+                scores = row[allowed]
+                if temperature > 0:
+                    probs = torch.softmax(scores / temperature, dim=-1)
+                    choice = int(torch.multinomial(probs, 1, generator=generator))
+                else:
+                    choice = int(scores.argmax())
+                picked.append(allowed[choice])
+        return picked
 
     def close(self) -> None:
         del self.model
+
+
+def _end_token_ids(*values) -> set[int]:
+    ids: set[int] = set()
+    for value in values:
+        if isinstance(value, int):
+            ids.add(value)
+        elif value is not None:
+            ids.update(int(v) for v in value)
+    return ids
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> str:

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from selfreward.trainer.backends import Sampling
+from selfreward.trainer.backends import ChatTokenizer, Completion, Sampling
+from selfreward.trainer.constrained import TokenChoice
 from selfreward.trainer.progress import Progress
 
 EXTRA_ARGS_ENV = "SELFREWARD_VLLM_ARGS"  # JSON object of extra vllm.LLM arguments
@@ -32,7 +33,7 @@ def _progress_bar(progress: Progress | None):
     return factory
 
 
-class VllmBackend:
+class VllmBackend(ChatTokenizer):
     def __init__(self, model_dir: Path, seed: int, processes: int = 1):
         import torch
         from vllm import LLM
@@ -51,12 +52,6 @@ class VllmBackend:
         self.llm = LLM(**arguments)
         self.tokenizer = self.llm.get_tokenizer()
 
-    def render_chat(self, user_messages: Sequence[str]) -> list[str]:
-        return [
-            self.tokenizer.apply_chat_template([{"role": "user", "content": m}], tokenize=False, add_generation_prompt=True)
-            for m in user_messages
-        ]
-
     def _params(self, sampling: Sampling, **extra):
         # No per-request seed: vLLM 0.32 on CPU fails seeded requests whose prefill is chunked
         # ("CPU Generator does not use offset"). The engine's seed keeps runs reproducible.
@@ -71,30 +66,36 @@ class VllmBackend:
             **extra,
         )
 
-    def generate(self, prompts: Sequence[str], sampling: Sampling, progress: Progress | None = None) -> list[list[str]]:
-        if not prompts:
-            return []
-        outputs = self.llm.generate(list(prompts), self._params(sampling), use_tqdm=_progress_bar(progress))
-        return [[choice.text for choice in output.outputs] for output in outputs]
+    def _token_prompts(self, id_lists: Sequence[Sequence[int]]):
+        # Token ids, not text: the text prompts already hold the chat template's special tokens,
+        # and the engine must read exactly these ids (no BOS added twice, no re-tokenization).
+        from vllm.inputs import TokensPrompt
 
-    def choose(self, prompts: Sequence[str], choices: Sequence[str], sampling: Sampling) -> list[list[str]]:
+        return [TokensPrompt(prompt_token_ids=list(ids)) for ids in id_lists]
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling, progress: Progress | None = None) -> list[list[Completion]]:
         if not prompts:
             return []
-        token_ids = [_single_token_id(self.tokenizer, choice) for choice in choices]
-        single = Sampling(sampling.n, sampling.temperature, 1.0, 1, sampling.seed)
-        params = self._params(single, allowed_token_ids=token_ids)
-        outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
-        return [[choice.text for choice in output.outputs] for output in outputs]
+        outputs = self.llm.generate(
+            self._token_prompts([self.encode(prompt) for prompt in prompts]),
+            self._params(sampling),
+            use_tqdm=_progress_bar(progress),
+        )
+        return [
+            [Completion(choice.text, choice.finish_reason == "length") for choice in output.outputs]
+            for output in outputs
+        ]
+
+    def pick_tokens(self, steps: Sequence[TokenChoice], temperature: float, seed: int) -> list[int]:
+        if not steps:
+            return []
+        one = Sampling(n=1, temperature=temperature, top_p=1.0, max_tokens=1, seed=seed)
+        params = [self._params(one, allowed_token_ids=list(step.allowed_ids)) for step in steps]
+        outputs = self.llm.generate(self._token_prompts([step.prompt_ids for step in steps]), params, use_tqdm=False)
+        return [output.outputs[0].token_ids[0] for output in outputs]
 
     def close(self) -> None:
         import gc
 
         del self.llm
         gc.collect()
-
-
-def _single_token_id(tokenizer, text: str) -> int:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) != 1:
-        raise ValueError(f"constrained score {text!r} is {len(ids)} tokens for this tokenizer; need exactly 1")
-    return ids[0]
