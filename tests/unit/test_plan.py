@@ -42,8 +42,14 @@ def test_a_new_run_starts_with_sft_of_the_base_model():
     assert step.kind == "training"
 
 
-def test_sft_is_given_the_spec_sections_it_needs():
-    assert next_step({}).sections == {"sft": SPEC["sft"], "judge": SPEC["judge"]}
+def test_sft_is_given_the_spec_it_needs_and_of_the_judge_only_what_formats_its_examples():
+    assert next_step({}).sections == {"sft": SPEC["sft"], "judge": {"scoreRange": SPEC["judge"]["scoreRange"]}}
+
+
+def test_a_custom_judge_template_is_part_of_what_sft_is_given():
+    spec = defaulted_spec(("judge.template", "Rate {prompt} / {response}"))
+    step = planner.plan(spec, {}, ROOT)
+    assert step.sections["judge"] == {"template": "Rate {prompt} / {response}", "scoreRange": spec["judge"]["scoreRange"]}
 
 
 def test_after_sft_the_new_model_m1_is_evaluated():

@@ -25,17 +25,30 @@ from typing import Any, Mapping
 from selfreward.operator import layout
 
 INFERENCE_STAGES = ("instruct", "generate", "judge", "evaluate")
-TRAINING_STAGES = ("sft", "dpo")
 SHARDED_STAGES = ("generate", "judge")
-# The spec sections each stage program needs (DESIGN principle 3).
+# The spec each stage program needs (DESIGN principle 3): whole sections, or "section.field" where a
+# stage reads only part of one. It is also what a stage's fingerprint covers, so it must be exact:
+# SFT formats its judge examples with the judge's template and score range, and nothing else of it.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "sft": ("sft", "judge"),
+    "sft": ("sft", "judge.template", "judge.scoreRange"),
     "instruct": ("promptGeneration",),
     "generate": ("generation",),
     "judge": ("judge", "pairs"),
     "dpo": ("dpo",),
-    "evaluate": ("judge", "evaluation"),
+    "evaluate": ("judge", "pairs", "evaluation"),
 }
+
+
+def stage_sections(spec: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The part of the spec a stage uses, as {section: {field: value}} (absent fields left out)."""
+    sections: dict[str, Any] = {}
+    for path in STAGE_SECTIONS[stage]:
+        section, _, name = path.partition(".")
+        if not name:
+            sections[section] = spec[section]
+        elif name in spec[section]:
+            sections.setdefault(section, {})[name] = spec[section][name]
+    return sections
 
 
 class StageState(str, Enum):
@@ -187,7 +200,7 @@ class Fingerprints:
             made_from = {
                 "stage": stage,
                 "randomSeed": self.spec["randomSeed"],
-                "sections": {name: self.spec[name] for name in STAGE_SECTIONS[stage]},
+                "sections": stage_sections(self.spec, stage),
                 "inputs": {
                     name: [self._input(uri) for uri in value] if isinstance(value, list) else self._input(value)
                     for name, value in sorted(inputs.items())
@@ -235,7 +248,7 @@ def step_for(spec: dict[str, Any], root: str, iteration: int, stage: str, attemp
         inputs=inputs,
         outputs=layout.stage_outputs(root, iteration, stage),
         shard_count=shard_count(spec, status, iteration, stage, restart) if stage in SHARDED_STAGES else 1,
-        sections={name: spec[name] for name in STAGE_SECTIONS[stage]},
+        sections=stage_sections(spec, stage),
         input_shards=input_shards,
         fingerprint=fingerprint,
         restart=restart,

@@ -34,7 +34,6 @@ class ConditionType(str, Enum):
 class Reason(str, Enum):
     RUN_SUCCEEDED = "RunSucceeded"
     STAGE_RUNNING = "StageRunning"
-    STAGE_FAILED = "StageFailed"
     RETRIES_EXHAUSTED = "RetriesExhausted"
     SUSPENDED = "Suspended"
     NO_FAILURE = "NoFailure"

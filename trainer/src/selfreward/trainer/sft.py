@@ -22,12 +22,18 @@ def run(config: StageConfig, storage: Storage, model_dir_for) -> StageResult:
 
 
 def conversations(
-    instructions: list[InstructionRow], evaluations: list[EvaluationRow], template: str | None
+    instructions: list[InstructionRow], evaluations: list[EvaluationRow], judge: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """Prompt-completion rows in chat form; TRL computes the loss on completions only."""
+    """Prompt-completion rows in chat form; TRL computes the loss on completions only.
+
+    Judge examples use the judge prompt exactly as the judge stage will: the spec's template and
+    score range (`judge` holds `template`, optional, and `scoreRange`).
+    """
+    low, high = judge["scoreRange"]["min"], judge["scoreRange"]["max"]
     rows = [_turn(row.prompt, row.response) for row in instructions]
     rows += [
-        _turn(render_judge_prompt(row.prompt, row.response, template), f"{row.justification.strip()}\n{SCORE_LINE_PREFIX}{row.score}")
+        _turn(render_judge_prompt(row.prompt, row.response, judge.get("template"), low, high),
+              f"{row.justification.strip()}\n{SCORE_LINE_PREFIX}{row.score}")
         for row in evaluations
     ]
     return rows
@@ -48,7 +54,7 @@ def _train(config: StageConfig, storage: Storage, model_dir_for) -> dict[str, An
         if config.section("sft")["includeEvaluations"]
         else []
     )
-    rows = conversations(instructions, evaluations, judge.get("template"))
+    rows = conversations(instructions, evaluations, judge)
     recipe = training.Recipe(
         section="sft",
         trainer_class=SFTTrainer,

@@ -1,0 +1,156 @@
+"""Spec of training checkpoints in storage: committed manifest last, resumed only by the stage that made them.
+
+Storage is the real local filesystem under tmp_path.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from selfreward.trainer import checkpoints
+from selfreward.trainer.checkpoints import Committed
+from selfreward.trainer.storage import MANIFEST, IntegrityError, Storage, sha256_bytes
+
+FINGERPRINT = "fp-of-this-stage"
+FILES = {"model.safetensors": b"weights", "optimizer.pt": b"optimizer", "rng/state.pt": b"rng"}
+
+
+@pytest.fixture
+def storage():
+    return Storage().with_lineage({"fingerprint": FINGERPRINT, "lineage": {"stage": "sft"}})
+
+
+@pytest.fixture
+def root(tmp_path):
+    return str(tmp_path / "iter-01" / "checkpoints")
+
+
+def saved(folder, files=FILES):
+    """A checkpoint as the trainer saves it to local scratch."""
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def torn(root, step):
+    """A checkpoint whose upload was cut off: its files, no manifest."""
+    return saved(Path(checkpoints.folder(root, step)))
+
+
+def committed(storage, root, step, fingerprint=FINGERPRINT):
+    """A committed checkpoint made by the stage with `fingerprint` (other checkpoints are kept)."""
+    uri = checkpoints.folder(root, step)
+    stamped = storage.with_lineage({"fingerprint": fingerprint, "lineage": {}})
+    stamped.commit(uri, stamped.upload_folder(torn(root, step), uri), stage="sft", step=step)
+    return Committed(step, uri)
+
+
+# --- choosing the checkpoint to resume from ---------------------------------------------------
+
+
+def test_latest_is_the_newest_committed_checkpoint_of_the_stage(storage, root):
+    committed(storage, root, 100)
+    newest = committed(storage, root, 200)
+
+    assert checkpoints.latest(storage, root, FINGERPRINT) == newest
+
+
+def test_a_torn_checkpoint_is_never_chosen_even_when_newer(storage, root):
+    newest = committed(storage, root, 200)
+    torn(root, 300)
+
+    assert checkpoints.latest(storage, root, FINGERPRINT) == newest
+
+
+def test_a_checkpoint_of_another_fingerprint_is_never_chosen(storage, root):
+    ours = committed(storage, root, 200)
+    committed(storage, root, 300, fingerprint="made-from-other-inputs")
+
+    assert checkpoints.latest(storage, root, FINGERPRINT) == ours
+
+
+@pytest.mark.parametrize(
+    "make_others",
+    [
+        pytest.param(lambda storage, root: None, id="no-checkpoints"),
+        pytest.param(lambda storage, root: torn(root, 100), id="only-torn"),
+        pytest.param(lambda storage, root: committed(storage, root, 100, fingerprint="other"), id="only-another-fingerprint"),
+    ],
+)
+def test_without_a_checkpoint_of_the_stage_there_is_none_to_resume(storage, root, make_others):
+    make_others(storage, root)
+
+    assert checkpoints.latest(storage, root, FINGERPRINT) is None
+
+
+def test_steps_are_compared_as_numbers(storage, root):
+    committed(storage, root, 900)
+    newest = committed(storage, root, 1000)
+
+    assert checkpoints.latest(storage, root, FINGERPRINT) == newest
+
+
+# --- committing -------------------------------------------------------------------------------
+
+
+def test_commit_uploads_every_file_with_its_sha256_and_the_stages_fingerprint(storage, root, tmp_path):
+    checkpoints.commit(storage, root, saved(tmp_path / "scratch"), 200, "sft")
+
+    manifest = storage.read_manifest(checkpoints.folder(root, 200))
+    assert manifest["files"] == {name: sha256_bytes(data) for name, data in FILES.items()}
+    assert (manifest["fingerprint"], manifest["stage"], manifest["step"]) == (FINGERPRINT, "sft", 200)
+
+
+def test_commit_writes_the_manifest_after_every_file(storage, root, tmp_path):
+    checkpoints.commit(storage, root, saved(tmp_path / "scratch"), 200, "sft")
+
+    folder = tmp_path / "iter-01" / "checkpoints" / "checkpoint-200"
+    files = [path for path in folder.rglob("*") if path.is_file() and path.name != MANIFEST]
+    assert (folder / MANIFEST).stat().st_mtime_ns >= max(path.stat().st_mtime_ns for path in files)
+
+
+def test_commit_removes_every_other_checkpoint_of_the_stage(storage, root, tmp_path):
+    committed(storage, root, 100)
+    torn(root, 300)
+
+    checkpoints.commit(storage, root, saved(tmp_path / "scratch"), 200, "sft")
+
+    assert checkpoints.committed(storage, root) == [Committed(200, checkpoints.folder(root, 200))]
+    assert sorted(p.name for p in (tmp_path / "iter-01" / "checkpoints").iterdir()) == ["checkpoint-200"]
+
+
+# --- downloading ------------------------------------------------------------------------------
+
+
+def test_download_gives_a_fresh_copy_of_the_committed_files(storage, root, tmp_path):
+    checkpoint = committed(storage, root, 200)
+    scratch = tmp_path / "scratch"
+    saved(scratch / "checkpoint-200", {"left-over.pt": b"from an earlier attempt"})
+
+    local = checkpoints.download(storage, checkpoint, scratch)
+
+    assert local == scratch / "checkpoint-200"
+    assert {p.relative_to(local).as_posix(): p.read_bytes() for p in local.rglob("*") if p.is_file()} == FILES
+
+
+def test_download_refuses_a_file_changed_after_commit(storage, root, tmp_path):
+    checkpoint = committed(storage, root, 200)
+    (tmp_path / "iter-01" / "checkpoints" / "checkpoint-200" / "optimizer.pt").write_bytes(b"rewritten")
+
+    with pytest.raises(IntegrityError, match="optimizer.pt"):
+        checkpoints.download(storage, checkpoint, tmp_path / "scratch")
+
+
+# --- removing ---------------------------------------------------------------------------------
+
+
+def test_remove_all_removes_committed_and_torn_checkpoints(storage, root, tmp_path):
+    committed(storage, root, 100)
+    committed(storage, root, 200, fingerprint="other")
+    torn(root, 300)
+
+    checkpoints.remove_all(storage, root)
+
+    assert list(storage.list(root)) == []
+    assert list((tmp_path / "iter-01" / "checkpoints").iterdir()) == []
