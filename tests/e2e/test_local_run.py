@@ -170,8 +170,8 @@ def test_a_spec_edit_reruns_what_it_changed_and_reuses_the_rest(s3_run, s3_serve
     after = json.loads(selfreward("--state-dir", str(state), "status", str(run_file), "-o", "json").stdout)
     for unchanged in ((1, "sft"), (2, "instruct"), (2, "generate")):
         assert stage_of(after, *unchanged) == stage_of(before, *unchanged), unchanged
-    for rerun in ("judge", "dpo", "evaluate"):
-        assert stage_of(after, 2, rerun)["attempt"] == 2, rerun
+    for rerun in ((1, "evaluate"), (2, "judge"), (2, "dpo"), (2, "evaluate")):  # evaluate judges with K samples too
+        assert stage_of(after, *rerun)["attempt"] == 2, rerun
     judge = stage_of(after, 2, "judge")["metrics"]
     assert judge["judgements"] == judge["candidates"] * 2
     storage_key = "runs/default/quickstart/iter-02/judgements/shard-00000-of-00002/_manifest.json"
@@ -230,6 +230,8 @@ def test_training_resumes_from_its_committed_checkpoint_after_the_scratch_is_del
     sft = stage_of(final, 1, "sft")
     assert (sft["metrics"]["resumedFromStep"], sft["metrics"]["steps"]) == (8, 24)
     assert keys() == set()  # the model is committed; its checkpoints are gone
+    saved = [p.name for p in work.rglob("checkpoint-*") if p.parent.name == "trainer"]
+    assert saved == ["checkpoint-16"]  # none at the last step: the model is committed instead
 
 
 def make_model_folder(client, bucket: str, prefix: str) -> None:

@@ -91,7 +91,7 @@ def test_unconstrained_judge_counts_parse_failures_and_guesses_nothing(local_run
     assert metrics["pairs"] == 0 and metrics["unscored"] == 1
 
 
-def test_dpo_refuses_an_empty_pair_set(local_run, tiny_model):
+def test_dpo_refuses_an_empty_pair_set_permanently(local_run, tiny_model):
     run, root = local_run()
     storage = Storage()
     folder = f"{root}/iter-02/pairs/shard-00000-of-00001"
@@ -99,8 +99,9 @@ def test_dpo_refuses_an_empty_pair_set(local_run, tiny_model):
     step = planner.step_for(run.spec, root, 2, "dpo", 1)
     step = planner.Step(**{**step.__dict__, "inputs": {**step.inputs, "model": str(tiny_model)}})
     result = run_stages([stage_config(run, root, step)])
-    assert result.code == 1
-    assert result.summaries[0]["reason"] == "NothingToTrain"
+    assert result.code == 2  # the same pairs would come back: no retry, a message saying what to change
+    assert (result.summaries[0]["reason"], result.summaries[0]["permanent"]) == ("NothingToTrain", True)
+    assert "minScoreGap" in result.summaries[0]["error"]
     assert storage.read_manifest(f"{root}/iter-02/model") is None
 
 

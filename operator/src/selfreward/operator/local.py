@@ -118,14 +118,15 @@ class LocalExecutor:
                 # Rerun the same attempt; the stage program skips what was committed.
                 self.view.line(f"iteration {decision.iteration} {decision.stage}: resuming an interrupted stage")
                 decision = planner.resume_step(spec, status, self.root, decision, self.identities)
-            elif isinstance(decision, planner.Step) and decision.restart:
-                self.view.line(f"iteration {decision.iteration} {decision.stage}: its inputs changed since it ran, "
-                               f"running it again (attempt {decision.attempt})")
             status = status_core.summarize(status, decision, spec)
             save_status(self.paths.state, status)
             if not isinstance(decision, planner.Step):
                 return status
             chain = planner.plan_chain(spec, status, self.root, status_core.record, first=decision, identities=self.identities)
+            for step in chain:
+                if step.restart:
+                    self.view.line(f"iteration {step.iteration} {step.stage}: its inputs changed since it ran, "
+                                   f"running it again (attempt {step.attempt})")
             status = self._run_chain(status, chain)
 
     def _run_chain(self, status: dict[str, Any], chain: list[planner.Step]) -> dict[str, Any]:

@@ -208,13 +208,18 @@ def progress_callback(stage: str):
 
 
 def commit_checkpoints_callback(storage: Storage, root: str, stage: str):
-    """After each save, world rank 0 commits the checkpoint to storage (not the final step's:
-    the model itself is committed right after)."""
+    """After each save, world rank 0 commits the checkpoint to storage. The last step saves none:
+    the model itself is committed right after, and its optimizer state would be of no use."""
     from transformers import TrainerCallback
 
     class CommitCheckpoints(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = False
+            return control
+
         def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero and state.global_step < state.max_steps:
+            if state.is_world_process_zero:
                 local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 checkpoints.commit(storage, root, local, state.global_step, stage)
 
