@@ -67,3 +67,10 @@ def test_artifacts_are_listed_for_succeeded_stages_only():
         ("2", "judge/judgements", f"{ROOT}/iter-02/judgements"),
         ("2", "judge/pairs", f"{ROOT}/iter-02/pairs"),
     ]
+
+
+def test_checkpoints_are_not_listed_as_artifacts_once_the_model_is_committed():
+    outputs = {"model": f"{ROOT}/iter-01/model", "checkpoints": f"{ROOT}/iter-01/checkpoints"}
+    status = status_with((1, "sft", "Succeeded", 1, {"outputs": outputs}))
+
+    assert artifact_rows(status) == [("1", "sft/model", f"{ROOT}/iter-01/model")]

@@ -13,8 +13,7 @@ from typing import Any
 
 from selfreward.operator import layout
 from selfreward.operator import plan as planner
-
-SKIPPED_OUTPUTS = ("checkpoints",)
+from selfreward.operator.report import TRANSIENT_OUTPUTS
 
 
 def collect(storage, spec: dict[str, Any], root: str) -> list[dict[str, Any]]:
@@ -33,7 +32,7 @@ def collect(storage, spec: dict[str, Any], root: str) -> list[dict[str, Any]]:
     for iteration in range(1, spec["iterations"] + 1):
         for stage in planner.stages_of(iteration, spec):
             for name, uri in layout.stage_outputs(root, iteration, stage).items():
-                if name in SKIPPED_OUTPUTS:
+                if name in TRANSIENT_OUTPUTS:
                     continue
                 manifests = _manifests(storage, uri)
                 if not manifests:

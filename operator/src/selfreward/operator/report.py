@@ -56,6 +56,10 @@ def iteration_rows(status: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+# Outputs that a finished stage no longer has: training checkpoints go once the model is committed.
+TRANSIENT_OUTPUTS = ("checkpoints",)
+
+
 def artifact_rows(status: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(iteration, stage, output URI) for every committed stage output."""
     rows = []
@@ -63,5 +67,6 @@ def artifact_rows(status: dict[str, Any]) -> list[tuple[str, str, str]]:
         for item in entry.get("stages", []):
             if item.get("state") == "Succeeded":
                 for name, uri in sorted(item.get("outputs", {}).items()):
-                    rows.append((str(entry["iteration"]), f"{item['name']}/{name}", uri))
+                    if name not in TRANSIENT_OUTPUTS:
+                        rows.append((str(entry["iteration"]), f"{item['name']}/{name}", uri))
     return rows
