@@ -76,6 +76,17 @@ def test_a_plain_uploaded_model_folder_is_downloaded_without_a_manifest(s3, s3_s
     assert {p.name: p.read_bytes() for p in copy.iterdir() if not p.name.startswith(".")} == MODEL_FILES
 
 
+def test_folder_marker_objects_of_s3_tools_are_not_files(s3, s3_server, s3_bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFREWARD_CACHE", str(tmp_path / "cache"))
+    client = s3_client(s3_server)
+    client.put_object(Bucket=s3_bucket, Key="models/base/", Body=b"")  # what a console's "Create folder" makes
+    uri = upload_plain_model(client, s3_bucket, "models/base", MODEL_FILES)
+
+    copy = s3.local_folder(uri)
+
+    assert sorted(p.name for p in copy.iterdir() if not p.name.startswith(".")) == sorted(MODEL_FILES)
+
+
 def test_a_model_uploaded_again_is_downloaded_again(s3, s3_server, s3_bucket, tmp_path, monkeypatch):
     monkeypatch.setenv("SELFREWARD_CACHE", str(tmp_path / "cache"))
     client = s3_client(s3_server)

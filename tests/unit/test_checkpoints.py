@@ -154,3 +154,29 @@ def test_remove_all_removes_committed_and_torn_checkpoints(storage, root, tmp_pa
 
     assert list(storage.list(root)) == []
     assert list((tmp_path / "iter-01" / "checkpoints").iterdir()) == []
+
+
+# --- after the model is committed -------------------------------------------------------------
+
+
+def test_a_committed_model_leaves_no_checkpoints_even_when_an_earlier_attempt_died_before_removing_them(storage, tmp_path):
+    from selfreward.trainer import training
+    from selfreward.trainer.contract import StageConfig
+    from tests.builders import stage_config
+
+    iteration = tmp_path / "iter-01"
+    config = StageConfig.model_validate(stage_config(
+        stage="sft", iteration=1, shardCount=1, inputs={"model": str(tmp_path / "base")},
+        outputs={"model": str(iteration / "model"), "checkpoints": str(iteration / "checkpoints")},
+    ))
+    model = str(iteration / "model")
+    storage.commit(model, storage.upload_folder(saved(tmp_path / "trained"), model), stage="sft")
+    committed(storage, str(iteration / "checkpoints"), 200)
+
+    def must_not_train():
+        raise AssertionError("the committed model was trained again")
+
+    result = training.run_stage(config, storage, model_dir_for=None, recipe_for=must_not_train)
+
+    assert result.shards[0].skipped
+    assert list((iteration / "checkpoints").rglob("*")) == []

@@ -95,3 +95,38 @@ def test_the_error_ends_with_the_programs_last_output():
     summary = exit_summary(1, "Traceback ...\nValueError: bad row\n")
 
     assert summary["error"].endswith("last output:\nTraceback ...\nValueError: bad row\n")
+
+
+def test_an_upload_refused_for_access_is_permanent_through_boto3s_wrapper():
+    import boto3.exceptions
+
+    denied = botocore.exceptions.ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
+    try:
+        try:
+            raise denied
+        except botocore.exceptions.ClientError as error:
+            raise boto3.exceptions.S3UploadFailedError("Failed to upload checkpoint") from error
+    except boto3.exceptions.S3UploadFailedError as wrapped:
+        assert classify(wrapped) == (True, "StorageAccessDenied")
+
+
+def test_an_upload_failing_on_a_server_error_stays_retryable():
+    import boto3.exceptions
+
+    busy = botocore.exceptions.ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject")
+    wrapped = boto3.exceptions.S3UploadFailedError("Failed to upload")
+    wrapped.__cause__ = busy
+    assert classify(wrapped) == (False, "StorageError")
+
+
+def test_a_program_killed_by_a_signal_without_a_name_is_still_reported():
+    summary = exit_summary(-40, "last words")
+
+    assert (summary["reason"], summary["permanent"]) == ("Killed", False)
+    assert "signal 40" in summary["error"]
+
+
+def test_a_crash_keeps_the_end_of_its_output_where_the_error_is():
+    summary = exit_summary(1, "x" * 5000 + "RuntimeError: the real cause")
+
+    assert summary["error"].endswith("RuntimeError: the real cause") and len(summary["error"]) <= 1024

@@ -64,4 +64,8 @@ def _manifests(storage, uri: str) -> list[dict[str, Any]]:
     if manifest is not None:
         return [manifest]
     folders = sorted({found.rsplit("/", 1)[0] for found in storage.list(uri) if found.endswith("/_manifest.json")})
-    return [m for m in (storage.read_manifest(folder) for folder in folders) if m is not None]
+    shards = [m for m in (storage.read_manifest(folder) for folder in folders) if m is not None]
+    if not shards:
+        return []
+    newest = max(shards, key=lambda m: m.get("committedAt", ""))  # shards of an older shard count may remain
+    return [m for m in shards if m.get("fingerprint") == newest.get("fingerprint")]

@@ -214,13 +214,18 @@ def _summary(line: str) -> dict[str, Any] | None:
 def exit_summary(code: int, last_output: str) -> dict[str, Any]:
     """The summary of a stage program that died before reporting: a kill (the kernel's OOM
     killer, or anyone's SIGKILL) and a crash are transient, retried within spec.retries."""
-    if code < 0:
-        name = signal.Signals(-code).name
-        reason = "OOMKilled" if -code == signal.SIGKILL else "Killed"
-        message = f"stage program was killed by {name} (out of memory, if nobody sent it)"
+    if code == -signal.SIGKILL:
+        reason, message = "OOMKilled", "stage program was killed by SIGKILL (out of memory, if nobody sent it)"
+    elif code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        reason, message = "Killed", f"stage program was killed by {name}"
     else:
         reason, message = "ProcessExited", f"stage program exited with code {code} before reporting"
-    return {"ok": False, "permanent": False, "reason": reason, "error": f"{message}; last output:\n{last_output}"}
+    # Status keeps 1,024 characters of a message: keep the end of the output, where the error is.
+    return {"ok": False, "permanent": False, "reason": reason, "error": f"{message}; last output:\n{last_output[-800:]}"}
 
 
 class LogSink:

@@ -56,7 +56,8 @@ def check(spec: dict[str, Any]) -> Preflight:
             result.errors.append(f"{where}: cannot read {uri}: {type(error).__name__}: {error}")
     for where, uri in model_fields(spec):
         try:
-            result.identities[uri] = storage.inspect_model(uri).identity
+            storage.inspect_model(uri)
+            result.identities[uri] = storage.identity(uri)  # the same rule the stage programs record
         except PermanentFailure as error:
             result.errors.append(f"{where}: {error}")
         except Exception as error:

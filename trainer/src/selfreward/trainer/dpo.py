@@ -6,14 +6,13 @@ from typing import Any
 
 from selfreward.trainer.contract import StageConfig
 from selfreward.trainer.judge import PAIRS_FILE
-from selfreward.trainer.stagekit import StageResult, read_sharded, run_single
+from selfreward.trainer.stagekit import StageResult, read_sharded
 from selfreward.trainer.storage import Storage
 from selfreward.trainer import training
 
 
 def run(config: StageConfig, storage: Storage, model_dir_for) -> StageResult:
-    output = config.output("model")
-    return run_single(config, storage, output, lambda: _train(config, storage, model_dir_for))
+    return training.run_stage(config, storage, model_dir_for, lambda: _recipe(config, storage))
 
 
 def preference_rows(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -27,7 +26,7 @@ def preference_rows(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _train(config: StageConfig, storage: Storage, model_dir_for) -> dict[str, Any]:
+def _recipe(config: StageConfig, storage: Storage) -> training.Recipe:
     from trl import DPOConfig, DPOTrainer
 
     section = config.section("dpo")
@@ -38,7 +37,7 @@ def _train(config: StageConfig, storage: Storage, model_dir_for) -> dict[str, An
             "pairs.minScoreGap (see the judge stage's metrics). Retrying makes the same pairs: lower "
             "pairs.minScoreGap, raise promptGeneration.promptsPerIteration, or use constrainedScore"
         )
-    recipe = training.Recipe(
+    return training.Recipe(
         section="dpo",
         trainer_class=DPOTrainer,
         config_class=DPOConfig,
@@ -50,4 +49,3 @@ def _train(config: StageConfig, storage: Storage, model_dir_for) -> dict[str, An
         logs={"loss": "finalLoss", "rewards/accuracies": "rewardAccuracy", "rewards/margins": "rewardMargin"},
         trainer_options={"ref_model": None},
     )
-    return training.train(config, storage, model_dir_for, recipe)

@@ -17,6 +17,7 @@ class PermanentFailure(Exception):
 # Storage answers that no retry fixes: wrong credentials, a bucket that does not exist.
 _PERMANENT_STORAGE_CODES = {
     "AccessDenied": "StorageAccessDenied",
+    "403": "StorageAccessDenied",  # responses without a body (HEAD) carry only the status
     "InvalidAccessKeyId": "StorageAccessDenied",
     "SignatureDoesNotMatch": "StorageAccessDenied",
     "NoSuchBucket": "NoSuchBucket",
@@ -27,6 +28,8 @@ def classify(error: BaseException) -> tuple[bool, str]:
     """(permanent, reason) of a stage failure; reason is a PascalCase word for status and events."""
     if isinstance(error, PermanentFailure):
         return True, type(error).__name__
+    if type(error).__module__.startswith(("boto3", "s3transfer")):  # upload/download errors wrap botocore's
+        error = _storage_cause(error) or error
     name = type(error).__name__
     module = type(error).__module__
     if module.startswith("botocore"):
@@ -44,3 +47,15 @@ def classify(error: BaseException) -> tuple[bool, str]:
     if isinstance(error, (ConnectionError, TimeoutError)):
         return False, "NetworkError"
     return False, name
+
+
+def _storage_cause(error: BaseException) -> BaseException | None:
+    """The botocore error behind `error` (itself, its cause or its context), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if type(current).__module__.startswith("botocore"):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

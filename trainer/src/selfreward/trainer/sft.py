@@ -11,14 +11,13 @@ from typing import Any
 from selfreward.trainer.contract import StageConfig
 from selfreward.trainer.data import EvaluationRow, InstructionRow, read_rows, score_in_range
 from selfreward.trainer.rubric import SCORE_LINE_PREFIX, render_judge_prompt
-from selfreward.trainer.stagekit import StageResult, run_single
+from selfreward.trainer.stagekit import StageResult
 from selfreward.trainer.storage import Storage
 from selfreward.trainer import training
 
 
 def run(config: StageConfig, storage: Storage, model_dir_for) -> StageResult:
-    output = config.output("model")
-    return run_single(config, storage, output, lambda: _train(config, storage, model_dir_for))
+    return training.run_stage(config, storage, model_dir_for, lambda: _recipe(config, storage))
 
 
 def conversations(
@@ -43,7 +42,7 @@ def _turn(user: str, assistant: str) -> dict[str, Any]:
     return {"prompt": [{"role": "user", "content": user}], "completion": [{"role": "assistant", "content": assistant}]}
 
 
-def _train(config: StageConfig, storage: Storage, model_dir_for) -> dict[str, Any]:
+def _recipe(config: StageConfig, storage: Storage) -> training.Recipe:
     from trl import SFTConfig, SFTTrainer
 
     judge = config.section("judge")
@@ -55,7 +54,7 @@ def _train(config: StageConfig, storage: Storage, model_dir_for) -> dict[str, An
         else []
     )
     rows = conversations(instructions, evaluations, judge)
-    recipe = training.Recipe(
+    return training.Recipe(
         section="sft",
         trainer_class=SFTTrainer,
         config_class=SFTConfig,
@@ -69,4 +68,3 @@ def _train(config: StageConfig, storage: Storage, model_dir_for) -> dict[str, An
             "evaluationExamples": len(evaluations),
         },
     )
-    return training.train(config, storage, model_dir_for, recipe)

@@ -158,8 +158,7 @@ def run_shards(
             note(config.stage.value, f"shard {index} already committed, skipped", shard=index)
             result.shards.append(ShardResult(index, True, manifest.get("metrics", {})))
             continue
-        if manifest is not None:
-            storage.delete_folder(folder)
+        storage.delete_folder(folder)  # what a stale or torn earlier run left there
         result.shards.append(ShardResult(index, False, work(index)))
         failpoint(config.stage.value, f"{config.stage.value}/{index}")
     return result
@@ -178,8 +177,7 @@ def run_single(config: StageConfig, storage: Storage, folder: str, work: Callabl
     if reusable(manifest, storage.lineage, config.stage.value, 0, "the committed output"):
         note(config.stage.value, "already committed, skipped", shard=0)
         return StageResult([ShardResult(0, True, manifest.get("metrics", {}))])
-    if manifest is not None:
-        storage.delete_folder(folder)
+    storage.delete_folder(folder)  # what a stale or torn earlier run left there
     return StageResult([ShardResult(0, False, work())])
 
 

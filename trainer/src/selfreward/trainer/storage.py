@@ -114,6 +114,7 @@ class Storage:
         self.options = options or StorageOptions()
         self.lineage: dict[str, Any] | None = None
         self._client = None
+        self._verified: dict[str, tuple[str, Path]] = {}  # model URI -> (identity, local folder), per process
 
     def with_lineage(self, lineage: dict[str, Any] | None) -> "Storage":
         """The same storage (and S3 client), committing manifests stamped with `lineage`."""
@@ -184,7 +185,8 @@ class Storage:
             found = {}
             for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
                 for item in page.get("Contents", []):
-                    found[item["Key"][len(key) :]] = f"{item['Size']}/{item['ETag'].strip(chr(34))}"
+                    if not item["Key"].endswith("/"):  # "folder" markers some S3 tools create
+                        found[item["Key"][len(key) :]] = f"{item['Size']}/{item['ETag'].strip(chr(34))}"
             return dict(sorted(found.items()))
         root = Path(prefix)
         if not root.is_dir():
@@ -199,11 +201,15 @@ class Storage:
         """Remove a folder, its manifest first: an interrupted delete leaves an uncommitted folder."""
         manifest = join(folder, MANIFEST)
         if is_s3(folder):
-            bucket, _ = _split_s3(folder)
-            names = [MANIFEST] + [name for name in self._sizes(folder) if name != MANIFEST]
+            bucket, key = _split_s3(manifest)
+            self.s3.delete_object(Bucket=bucket, Key=key)
+            names = [name for name in self._sizes(folder) if name != MANIFEST]
             for start in range(0, len(names), 1000):
                 keys = [{"Key": _split_s3(join(folder, name))[1]} for name in names[start : start + 1000]]
-                self.s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+                answer = self.s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+                if answer.get("Errors"):
+                    first = answer["Errors"][0]
+                    raise OSError(f"{folder}: {len(answer['Errors'])} objects not deleted, e.g. {first.get('Key')}: {first.get('Code')}")
             return
         Path(manifest).unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
@@ -244,7 +250,8 @@ class Storage:
 
     def identity(self, uri: str) -> str:
         """What `uri` holds now, as a hash: a committed folder by its manifest's file hashes, a file
-        by its sha256, a plain folder (an uploaded model) by names, sizes and versions."""
+        by its sha256, a plain folder (an uploaded model) by names, sizes and versions. An hf://
+        model is known by its URI alone: pin a revision (hf://org/name@sha) to make it exact."""
         if uri.startswith(HUB_SCHEME):
             return sha256_json(uri)
         manifest = self.read_manifest(uri)
@@ -336,6 +343,13 @@ class Storage:
         if uri.startswith(HUB_SCHEME):
             return self._hub_folder(uri)
         listing = self.inspect_model(uri)
+        known = self._verified.get(uri)
+        if known is not None and known[0] == listing.identity:
+            return known[1]
+        self._verified[uri] = (listing.identity, self._fetch(uri, listing))
+        return self._verified[uri][1]
+
+    def _fetch(self, uri: str, listing: ModelListing) -> Path:
         if not is_s3(uri):
             if listing.manifest is not None:
                 for name, digest in listing.manifest["files"].items():
@@ -365,7 +379,8 @@ def _verify(uri: str, expected: str | None, actual: str) -> None:
     if expected != actual:
         raise IntegrityError(
             f"{uri}: sha256 does not match {MANIFEST}: the file changed after it was committed. "
-            f"Delete the folder's {MANIFEST} to have its stage make it again"
+            "Committed artifacts are never edited in place: restore the file, or rerun the run from scratch "
+            "under a new storage root"
         )
 
 

@@ -19,6 +19,7 @@ from selfreward.trainer import checkpoints
 from selfreward.trainer.contract import ConfigError, StageConfig
 from selfreward.trainer.failures import PermanentFailure
 from selfreward.trainer.progress import Progress
+from selfreward.trainer.stagekit import StageResult, run_single
 from selfreward.trainer.storage import Storage, is_s3
 
 DROPOUT_FIELDS = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob")
@@ -150,6 +151,15 @@ class Recipe:
     metrics: dict[str, Any]
     logs: dict[str, str] = field(default_factory=lambda: {"loss": "finalLoss"})
     trainer_options: dict[str, Any] = field(default_factory=dict)
+
+
+def run_stage(config: StageConfig, storage: Storage, model_dir_for, recipe_for: Callable[[], Recipe]) -> StageResult:
+    """Train unless the model is committed from the same inputs; either way leave no checkpoints
+    behind once it is (a crash between the model's commit and their removal would leak them)."""
+    result = run_single(config, storage, config.output("model"), lambda: train(config, storage, model_dir_for, recipe_for()))
+    if result.shards[0].skipped and int(os.environ.get("RANK", "0")) == 0:
+        checkpoints.remove_all(storage, config.output("checkpoints"))
+    return result
 
 
 def train(config: StageConfig, storage: Storage, model_dir_for, recipe: Recipe) -> dict[str, Any]:
