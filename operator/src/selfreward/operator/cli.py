@@ -118,11 +118,9 @@ def print_report(console: Console, status: dict[str, Any]) -> None:
 
 def print_lineage(console: Console, run, output: str) -> int:
     from selfreward.operator.lineage import collect
-    from selfreward.trainer.storage import Storage, StorageOptions
+    from selfreward.operator.preflight import storage_for
 
-    storage_spec = run.spec["storage"]
-    storage = Storage(StorageOptions(storage_spec.get("endpoint"), storage_spec.get("region"), storage_spec["addressingStyle"]))
-    entries = collect(storage, run.spec, layout.run_root(storage_spec["uri"], run.namespace, run.name))
+    entries = collect(storage_for(run.spec), run.spec, layout.run_root(run.spec["storage"]["uri"], run.namespace, run.name))
     if output == "json":
         print(json.dumps(entries, indent=2, sort_keys=True))
         return 0

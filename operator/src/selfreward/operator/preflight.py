@@ -20,6 +20,14 @@ class Preflight:
     identities: dict[str, str] = field(default_factory=dict)  # external input URI -> content identity
 
 
+def storage_for(spec: dict[str, Any]):
+    """The run's storage as spec.storage describes it (credentials come from the environment)."""
+    from selfreward.trainer.storage import Storage, StorageOptions
+
+    options = spec["storage"]
+    return Storage(StorageOptions(options.get("endpoint"), options.get("region"), options["addressingStyle"]))
+
+
 def model_fields(spec: dict[str, Any]) -> list[tuple[str, str]]:
     fields = [("spec.baseModel.uri", spec["baseModel"]["uri"])]
     if spec["promptGeneration"].get("model"):
@@ -31,10 +39,9 @@ def check(spec: dict[str, Any]) -> Preflight:
     """Read every seed file and look at every model; one message per problem."""
     from selfreward.trainer.data import DataError, EvaluationRow, HoldoutRow, InstructionRow, parse_jsonl, score_in_range
     from selfreward.trainer.failures import PermanentFailure
-    from selfreward.trainer.storage import Storage, StorageOptions, sha256_bytes
+    from selfreward.trainer.storage import sha256_bytes
 
-    storage_spec = spec["storage"]
-    storage = Storage(StorageOptions(storage_spec.get("endpoint"), storage_spec.get("region"), storage_spec["addressingStyle"]))
+    storage = storage_for(spec)
     score_range = spec["judge"]["scoreRange"]
     files = [
         ("spec.seed.instructions", spec["seed"]["instructions"], InstructionRow, None),
@@ -56,8 +63,7 @@ def check(spec: dict[str, Any]) -> Preflight:
             result.errors.append(f"{where}: cannot read {uri}: {type(error).__name__}: {error}")
     for where, uri in model_fields(spec):
         try:
-            storage.inspect_model(uri)
-            result.identities[uri] = storage.identity(uri)  # the same rule the stage programs record
+            result.identities[uri] = storage.inspect_model(uri).identity
         except PermanentFailure as error:
             result.errors.append(f"{where}: {error}")
         except Exception as error:

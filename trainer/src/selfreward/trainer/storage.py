@@ -97,10 +97,11 @@ class ModelListing:
 
     @property
     def identity(self) -> str:
-        """Content identity: the manifest's hashes when committed, else names, sizes and ETags/mtimes."""
-        if self.manifest is not None:
-            return sha256_json(self.manifest["files"])
-        return sha256_json(self.files)
+        """Content identity, the rule of Storage.identity: the manifest's hashes when committed,
+        else names, sizes and ETags/mtimes; an hf:// model by its URI."""
+        if self.uri.startswith(HUB_SCHEME):
+            return sha256_json(self.uri)
+        return sha256_json(self.manifest["files"] if self.manifest is not None else self.files)
 
 
 class Storage:
@@ -253,13 +254,11 @@ class Storage:
         by its sha256, a plain folder (an uploaded model) by names, sizes and versions. An hf://
         model is known by its URI alone: pin a revision (hf://org/name@sha) to make it exact."""
         if uri.startswith(HUB_SCHEME):
-            return sha256_json(uri)
+            return ModelListing(uri, {}, None).identity
         manifest = self.read_manifest(uri)
-        if manifest is not None:
-            return sha256_json(manifest["files"])
-        listing = self._sizes(uri)
-        if listing:
-            return sha256_json(listing)
+        files = {name: version for name, version in self._sizes(uri).items() if name != MANIFEST}
+        if manifest is not None or files:
+            return ModelListing(uri, files, manifest).identity
         try:
             return sha256_bytes(self.read_bytes(uri))
         except ArtifactMissing:
