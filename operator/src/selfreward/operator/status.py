@@ -29,6 +29,10 @@ class ConditionType(str, Enum):
     READY = "Ready"
     PROGRESSING = "Progressing"
     FAILED = "Failed"
+    # The names kstatus reads (Flux, Argo CD, kpt): Reconciling is True while work is under way,
+    # Stalled (abnormal-true) is True when the run failed and will not go on by itself.
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
 
 
 class Reason(str, Enum):
@@ -97,9 +101,19 @@ def record(status: dict[str, Any], step: planner.Step, summary: dict[str, Any], 
             message=(summary.get("error") or "the stage failed without a message")[:1024],
             permanent=bool(summary.get("permanent")),
         )
+        if summary.get("disrupted"):  # evicted, preempted, drained: not the stage's fault, not counted
+            item["retryBase"] = item.get("retryBase", 0) + 1
     item["shardsDone"] = sorted(done)
     if step.stage in ("sft", "dpo") and summary.get("ok"):
         entry["model"] = step.outputs["model"]
+    return new
+
+
+def record_not_reached(status: dict[str, Any], step: planner.Step) -> dict[str, Any]:
+    """A stage of a chain that never ran because a stage before it failed: pending again."""
+    new = copy.deepcopy(status)
+    _, item = _stage_entry(new, step.iteration, step.stage)
+    item.update(state=StageState.PENDING.value, finishedAt=now_text())
     return new
 
 
@@ -167,28 +181,31 @@ def summarize(
         entry["phase"] = iteration_phase(entry, planner.stages_of(entry["iteration"], spec)).value
         if isinstance(decision, planner.Failed) and entry["iteration"] == decision.iteration:
             entry["phase"] = Phase.FAILED.value
-    conditions = new.get("conditions", [])
+    C = ConditionType
     if isinstance(decision, planner.Done):
         phase, iteration, stage = Phase.SUCCEEDED, _last_iteration(new), ""
-        conditions = set_condition(conditions, ConditionType.READY, True, Reason.RUN_SUCCEEDED, "every iteration finished", generation, at)
-        conditions = set_condition(conditions, ConditionType.PROGRESSING, False, Reason.RUN_SUCCEEDED, "nothing left to run", generation, at)
-        conditions = set_condition(conditions, ConditionType.FAILED, False, Reason.NO_FAILURE, "", generation, at)
+        finished = (Reason.RUN_SUCCEEDED, "nothing left to run")
+        wanted = {C.READY: (True, Reason.RUN_SUCCEEDED, "every iteration finished"), C.PROGRESSING: (False, *finished),
+                  C.RECONCILING: (False, *finished), C.FAILED: (False, Reason.NO_FAILURE, ""), C.STALLED: (False, Reason.NO_FAILURE, "")}
     elif isinstance(decision, planner.Failed):
         phase, iteration, stage = Phase.FAILED, decision.iteration, decision.stage
         message = f"iteration {decision.iteration} stage {decision.stage} failed: {decision.reason}: {decision.message}"[:1024]
-        conditions = set_condition(conditions, ConditionType.READY, False, Reason.RETRIES_EXHAUSTED, message, generation, at)
-        conditions = set_condition(conditions, ConditionType.PROGRESSING, False, Reason.RETRIES_EXHAUSTED, message, generation, at)
-        conditions = set_condition(conditions, ConditionType.FAILED, True, decision.reason, message, generation, at)
+        stopped = (False, Reason.RETRIES_EXHAUSTED, message)
+        wanted = {C.READY: stopped, C.PROGRESSING: stopped, C.RECONCILING: stopped,
+                  C.FAILED: (True, decision.reason, message), C.STALLED: (True, decision.reason, message)}
     elif isinstance(decision, planner.Suspended):
         phase, iteration, stage = Phase.SUSPENDED, new.get("iteration", 0), new.get("stage", "")
-        conditions = set_condition(conditions, ConditionType.READY, False, Reason.SUSPENDED, "spec.suspend is true", generation, at)
-        conditions = set_condition(conditions, ConditionType.PROGRESSING, False, Reason.SUSPENDED, "spec.suspend is true", generation, at)
+        paused = (False, Reason.SUSPENDED, "spec.suspend is true")
+        wanted = {C.READY: paused, C.PROGRESSING: paused, C.RECONCILING: paused}
     else:
         phase, iteration, stage = Phase.RUNNING, decision.iteration, decision.stage
         message = f"iteration {iteration}: {stage}"
-        conditions = set_condition(conditions, ConditionType.READY, False, Reason.IN_PROGRESS, message, generation, at)
-        conditions = set_condition(conditions, ConditionType.PROGRESSING, True, Reason.STAGE_RUNNING, message, generation, at)
-        conditions = set_condition(conditions, ConditionType.FAILED, False, Reason.NO_FAILURE, "", generation, at)
+        running = (True, Reason.STAGE_RUNNING, message)
+        wanted = {C.READY: (False, Reason.IN_PROGRESS, message), C.PROGRESSING: running, C.RECONCILING: running,
+                  C.FAILED: (False, Reason.NO_FAILURE, ""), C.STALLED: (False, Reason.NO_FAILURE, "")}
+    conditions = new.get("conditions", [])
+    for kind, (true, reason, message) in wanted.items():
+        conditions = set_condition(conditions, kind, true, reason, message, generation, at)
     new.update(phase=phase.value, iteration=iteration, stage=stage, conditions=conditions)
     if generation is not None:
         new["observedGeneration"] = generation

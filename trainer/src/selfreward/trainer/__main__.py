@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for config in configs:
             summary = run_stage(config, storage)
-            report(summary)
+            report(summary, stages=len(configs))
             if not summary["ok"]:
                 return EXIT_PERMANENT if summary["permanent"] else EXIT_RETRYABLE
     finally:

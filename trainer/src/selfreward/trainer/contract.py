@@ -139,10 +139,11 @@ def parse_configs(text: str) -> list[StageConfig]:
     return configs
 
 
-def summary_line(summary: dict[str, Any]) -> str:
-    """The one-line JSON summary, shortened to fit a termination message, always valid JSON."""
+def summary_line(summary: dict[str, Any], limit: int = TERMINATION_LIMIT) -> str:
+    """The one-line JSON summary, shortened to `limit` bytes (its share of a termination
+    message), always valid JSON."""
     line = json.dumps(summary, separators=(",", ":"), sort_keys=True)
-    if len(line.encode()) <= TERMINATION_LIMIT:
+    if len(line.encode()) <= limit:
         return line
     kept = ("stage", "iteration", "attempt", "ok", "permanent", "reason", "error", "metrics", "shards")
     trimmed = {k: summary[k] for k in kept if k in summary} | {"truncated": True}
@@ -150,7 +151,7 @@ def summary_line(summary: dict[str, Any]) -> str:
         trimmed["error"] = str(trimmed["error"])[:1000]
     for optional in ("shards", "metrics", "error"):
         line = json.dumps(trimmed, separators=(",", ":"), sort_keys=True)
-        if len(line.encode()) <= TERMINATION_LIMIT:
+        if len(line.encode()) <= limit:
             return line
         trimmed.pop(optional, None)
     return json.dumps(trimmed, separators=(",", ":"), sort_keys=True)
@@ -171,12 +172,17 @@ def reserve_stdout_for_summaries() -> None:
     sys.stdout = sys.stderr
 
 
-def report(summary: dict[str, Any]) -> None:
-    """Print the summary on stdout and to the termination log when running in a pod."""
-    line = summary_line(summary)
+_reported: list[str] = []
+
+
+def report(summary: dict[str, Any], stages: int = 1) -> None:
+    """Print the summary on stdout, and in a pod add it to the termination log: one line per
+    stage the process runs, each within its share of the 4 KiB the kubelet keeps."""
+    line = summary_line(summary, TERMINATION_LIMIT // max(stages, 1) - 1)
     print(line, file=_summary_stream, flush=True)
+    _reported.append(line)
     if TERMINATION_LOG.exists():  # the kubelet creates it in pods; never create it elsewhere
         try:
-            TERMINATION_LOG.write_text(line)
+            TERMINATION_LOG.write_text("\n".join(_reported))
         except OSError:
             pass

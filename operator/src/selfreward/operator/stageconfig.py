@@ -1,0 +1,39 @@
+"""The stage program's --config for one step, built the same way by both executors.
+
+This is the operator's half of the stage contract (selfreward.trainer.contract is the other):
+explicit input and output URIs, the spec sections the stage uses, the shard count, the storage
+endpoint. Never credentials: stage programs read those from their environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from selfreward.operator import plan as planner
+
+
+class RunLike(Protocol):
+    name: str
+    namespace: str
+    spec: dict[str, Any]
+
+
+def stage_config(run: RunLike, root: str, step: planner.Step, uid: str = "") -> dict[str, Any]:
+    storage = run.spec["storage"]
+    placement = run.spec["placement"][step.kind]
+    return {
+        "stage": step.stage,
+        "run": run.name,
+        "runUid": uid,
+        "namespace": run.namespace,
+        "iteration": step.iteration,
+        "attempt": step.attempt,
+        "inputs": step.inputs,
+        "outputs": step.outputs,
+        "shardCount": step.shard_count,
+        "inputShards": step.input_shards,
+        "randomSeed": run.spec["randomSeed"],
+        "processes": placement["processesPerReplica"],
+        "spec": step.sections,
+        "storage": {k: storage[k] for k in ("endpoint", "region", "addressingStyle") if storage.get(k)},
+    }
