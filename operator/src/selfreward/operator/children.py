@@ -194,8 +194,10 @@ def _pytorchjob(run: RunRef, root: str, step: planner.Step, defaults: Defaults) 
         "kind": "PyTorchJob",
         "metadata": _metadata(run, [step], placement),
         "spec": {
-            # Pods are kept after the job ends: their termination messages are the results.
-            "runPolicy": {"backoffLimit": 0, "cleanPodPolicy": "None", "suspend": bool(run.spec["suspend"])},
+            # Pods still running when the job ends are removed; finished ones are kept: their
+            # termination messages are the results. No backoffLimit: with restartPolicy Never a
+            # failed pod fails the job, and a job past its backoffLimit loses all its pods.
+            "runPolicy": {"cleanPodPolicy": "Running", "suspend": bool(run.spec["suspend"])},
             "nprocPerNode": str(processes),
             "pytorchReplicaSpecs": replica_specs,
         },

@@ -29,6 +29,7 @@ def _stages(status: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def between(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
+    """A stage started, succeeded, failed or was retried."""
     before = {(t, item["name"]): (item.get("state"), item.get("attempt")) for t, item in _stages(old)}
     events = []
     for iteration, item in _stages(new):
@@ -46,6 +47,12 @@ def between(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
         elif state == StageState.FAILED.value:
             message = f"{where} failed: {item.get('reason', 'StageFailed')}: {item.get('message', '')}"
             events.append(Event("Warning", "StageFailed", message[:1024], key))
+    return events
+
+
+def run_changes(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
+    """The run as a whole succeeded, failed or was suspended."""
+    events = []
     if new.get("phase") != old.get("phase"):
         phase = new.get("phase")
         generation = new.get("observedGeneration", 0)

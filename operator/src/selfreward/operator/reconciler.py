@@ -78,29 +78,32 @@ class Reconciler:
         root = layout.run_root(spec["storage"]["uri"], namespace, name)
         existing = {child["metadata"]["name"]: child for child in self.cluster.list_children(namespace, name)}
 
-        status, wake_in = copy.deepcopy(before), None
+        status, wake_in, events = copy.deepcopy(before), None, []
         decision: planner.Decision = planner.Done()
         for _ in range(MAX_STEPS_PER_RECONCILE):
             decision = planner.plan(spec, status, root)
+            previous = status
             if isinstance(decision, planner.Waiting):
                 status, progressed = self._observe(ref, spec, status, root, decision, existing)
-                if progressed:
-                    continue
             elif isinstance(decision, planner.Step):
                 delay = planner.retry_backoff(spec, status, decision) - seconds_since(
                     planner.stage_status(status, decision.iteration, decision.stage).get("finishedAt"), datetime.now(timezone.utc))
-                if delay > 0:
-                    wake_in = delay
-                else:
+                progressed = delay <= 0
+                if progressed:
                     status = self._start(ref, spec, status, root, decision, existing)
-                    continue
-            break
+                else:
+                    wake_in = delay
+            else:
+                break
+            events += run_events.between(previous, status)  # each transition, even one a later step overtakes
+            if not progressed:
+                break
         shown = planner.Suspended() if spec["suspend"] and isinstance(decision, planner.Waiting) else decision
         status = status_core.summarize(status, shown, spec, meta.get("generation"))
         if status == before:
             return Outcome(wake_in)
         written = self.cluster.replace_status(run, status)
-        for event in run_events.between(before, status):
+        for event in events + run_events.run_changes(before, status):
             self.cluster.post_event(run, event)
         return Outcome(wake_in, written["metadata"]["resourceVersion"])
 

@@ -17,7 +17,6 @@ from selfreward.operator import plan as planner
 from selfreward.operator.children import EXIT_PERMANENT, JOB_CONTAINER, TRAINING_CONTAINER
 
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
 
 
 @dataclass(frozen=True)
@@ -103,15 +102,22 @@ def _pod_failure(report: PodReport) -> dict[str, Any]:
             "disrupted": report.disrupted}
 
 
+def _weight(report: PodReport) -> int:
+    """Which pod speaks for a shard: one that reported success, else one that reported a failure,
+    else one that failed silently; a pod that ended well without reporting (a training worker,
+    whose rank 0 is elsewhere) says least."""
+    if any(summary.get("ok") for summary in report.summaries.values()):
+        return 3
+    return 2 if report.summaries else (1 if not report.succeeded else 0)
+
+
 def latest_by_shard(pods: list[dict[str, Any]]) -> dict[int, PodReport]:
-    """One report per shard: a success if any pod of the shard succeeded, else its newest failure."""
+    """One report per shard (a PyTorchJob's pods are all shard 0); among equals, the newest."""
     ordered = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
     reports: dict[int, PodReport] = {}
     for pod in ordered:
-        if pod["metadata"].get("labels", {}).get(REPLICA_TYPE_LABEL, "master") != "master":
-            continue  # a PyTorchJob's rank 0 is on its Master; workers report the same run
         report = pod_report(pod)
-        if report is not None and not (reports.get(report.shard) and reports[report.shard].succeeded):
+        if report is not None and (report.shard not in reports or _weight(report) >= _weight(reports[report.shard])):
             reports[report.shard] = report
     return reports
 
