@@ -112,3 +112,24 @@ def test_an_evicted_training_pod_reruns_the_stage_without_spending_a_retry(srr_c
     sft = stage(run["status"], 1, "sft")
     assert (sft["state"], sft["attempt"]) == ("Succeeded", 2)
     assert sorted(children(srr_crd, namespace)) == ["paper-i01-evaluate-a1", "paper-i01-sft-a1", "paper-i01-sft-a2"]
+
+
+def test_a_failed_run_is_retried_when_its_retry_annotation_changes(srr_crd, namespace, operator):
+    fixed = []
+
+    def broken_until_fixed(pod: WorkerPod) -> Play:
+        if pod.stages == ["sft"] and not fixed:
+            return Play(2, [pod.failure("sft", "InvalidData", "ift.jsonl line 3: not JSON", permanent=True)])
+        return succeed(pod)
+
+    operator.start([namespace])
+    with Player(srr_crd, [namespace], broken_until_fixed) as player:
+        srr_crd.apply(cluster_run(spec__iterations=1), namespace=namespace)
+        wait_for_phase(srr_crd, namespace, RUN, "Failed")
+        fixed.append(True)  # the user fixes the seed file, then asks for a retry
+        srr_crd.kubectl("annotate", "srr", RUN, "-n", namespace, "selfreward.io/retry=fixed-seed")
+        run = wait_for_phase(srr_crd, namespace, RUN, "Succeeded")
+        player.check()
+    assert run["status"]["retryRequest"] == "fixed-seed"
+    assert stage(run["status"], 1, "sft")["attempt"] == 2
+    assert sorted(children(srr_crd, namespace)) == ["paper-i01-evaluate-a1", "paper-i01-sft-a1", "paper-i01-sft-a2"]

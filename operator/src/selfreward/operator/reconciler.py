@@ -56,6 +56,17 @@ def running_chain(spec: dict[str, Any], status: dict[str, Any], root: str, waiti
     return child, sorted(steps, key=lambda step: order[(step.iteration, step.stage)])
 
 
+RETRY_ANNOTATION = "selfreward.io/retry"
+
+
+def retry_if_asked(status: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """A new value of the run's retry annotation gives its failed stages a fresh set of retries."""
+    request = (meta.get("annotations") or {}).get(RETRY_ANNOTATION)
+    if not request or request == status.get("retryRequest"):
+        return copy.deepcopy(status)
+    return {**status_core.reset_failed(status), "retryRequest": request}
+
+
 def seconds_since(timestamp: str | None, now: datetime) -> float:
     if not timestamp:
         return float("inf")
@@ -78,7 +89,7 @@ class Reconciler:
         root = layout.run_root(spec["storage"]["uri"], namespace, name)
         existing = {child["metadata"]["name"]: child for child in self.cluster.list_children(namespace, name)}
 
-        status, wake_in, events = copy.deepcopy(before), None, []
+        status, wake_in, events = retry_if_asked(before, meta), None, []
         decision: planner.Decision = planner.Done()
         for _ in range(MAX_STEPS_PER_RECONCILE):
             decision = planner.plan(spec, status, root)
