@@ -121,3 +121,22 @@ def test_deleting_a_run_deletes_its_children(srr_crd, namespace, operator):
     assert children(srr_crd, namespace)
     srr_crd.kubectl("delete", "srr", RUN, "-n", namespace)
     wait_for(lambda: not children(srr_crd, namespace), 60, "the garbage collector to delete the children")
+
+
+def test_the_operator_serves_its_liveness_endpoint(srr_crd, namespace, operator):
+    import urllib.request
+
+    operator.start([namespace])
+
+    def healthy():
+        with urllib.request.urlopen(operator.liveness, timeout=2) as response:  # noqa: S310 - loopback
+            return response.status == 200
+
+    wait_for(healthy, 60, "the liveness endpoint to answer 200")
+
+
+def test_without_namespaces_the_operator_watches_every_namespace(srr_crd, namespace, operator):
+    operator.start([])
+    with Player(srr_crd, [namespace]):
+        srr_crd.apply(cluster_run(spec__iterations=1), namespace=namespace)
+        wait_for_phase(srr_crd, namespace, RUN, "Succeeded")

@@ -6,6 +6,7 @@ import pytest
 
 from selfreward.operator import plan as planner
 from selfreward.operator import status as status_core
+from selfreward.operator.events import between
 from selfreward.operator.plan import Done, Failed, Suspended, Waiting
 from selfreward.operator.status import derived_metrics, record, record_start, reset_failed, set_condition, summarize
 from tests.builders import ROOT, condition, defaulted_spec, find_iteration, find_stage, status_with, succeeded_through
@@ -303,3 +304,159 @@ def test_after_reset_failed_the_stage_has_its_whole_retry_budget_again():
 
     status = record(status, planner.step_for(SPEC, ROOT, 1, "evaluate", 4 + limit), {"ok": False, "reason": "Flaky"})
     assert isinstance(planner.plan(SPEC, status, ROOT), planner.Failed)
+
+
+# --- disruptions, stages not reached, kstatus conditions ----------------------------------------
+
+
+NO_RETRIES = defaulted_spec(("retries.limit", 0))
+
+
+def disrupted(reason="Disrupted"):
+    return {"ok": False, "reason": reason, "error": "the pod was evicted", "permanent": False, "disrupted": True}
+
+
+def sft(attempt, spec=NO_RETRIES):
+    return planner.step_for(spec, ROOT, 1, "sft", attempt)
+
+
+def test_a_disrupted_failure_does_not_count_against_the_retries():
+    status = record({}, sft(1), disrupted(), at=T1)
+
+    decision = planner.plan(NO_RETRIES, status, ROOT)
+
+    assert isinstance(decision, planner.Step)
+    assert (decision.stage, decision.attempt) == ("sft", 2)
+
+
+def test_a_failure_that_was_not_a_disruption_counts():
+    status = record({}, sft(1), failure(), at=T1)
+
+    assert isinstance(planner.plan(NO_RETRIES, status, ROOT), Failed)
+
+
+def test_each_disruption_moves_the_retry_base_on_by_one():
+    status = record({}, sft(1), disrupted(), at=T0)
+    status = record(status, sft(2), disrupted(), at=T1)
+
+    item = find_stage(status, 1, "sft")
+    assert (item["state"], item["attempt"], item["retryBase"]) == ("Failed", 2, 2)
+    assert planner.plan(NO_RETRIES, status, ROOT).attempt == 3
+
+
+def test_a_disrupted_failure_is_recorded_as_a_failure_with_its_reason():
+    item = find_stage(record({}, sft(1), disrupted(), at=T1), 1, "sft")
+
+    assert (item["state"], item["reason"], item["permanent"]) == ("Failed", "Disrupted", False)
+
+
+def test_a_real_failure_after_a_disruption_counts():
+    status = record({}, sft(1), disrupted(), at=T0)
+    status = record(status, sft(2), failure(), at=T1)
+
+    assert isinstance(planner.plan(NO_RETRIES, status, ROOT), Failed)
+
+
+def chain_started():
+    """generate and judge of iteration 2 running in one child."""
+    status = succeeded_through(1, then=((2, "instruct", "Succeeded"),))
+    for name in ("generate", "judge"):
+        status = record_start(status, step(2, name), ["demo-i02-generate-a1"], at=T0)
+    return status
+
+
+def test_a_stage_not_reached_goes_back_to_pending():
+    status = record(chain_started(), step(2, "generate"), failure(), at=T1)
+
+    item = find_stage(status_core.record_not_reached(status, step(2, "judge")), 2, "judge")
+
+    assert item["state"] == "Pending"
+    assert not {"reason", "message", "permanent"} & set(item)
+
+
+def test_a_stage_not_reached_runs_once_the_stage_before_it_succeeds():
+    status = record(chain_started(), step(2, "generate"), failure(), at=T1)
+    status = status_core.record_not_reached(status, step(2, "judge"))
+    status = record(status, step(2, "generate", 2), success(0), at=T2)
+
+    decision = planner.plan(SPEC, status, ROOT)
+
+    assert isinstance(decision, planner.Step)
+    assert decision.stage == "judge"
+
+
+def test_a_stage_not_reached_is_no_event():
+    before = record(chain_started(), step(2, "generate"), failure(), at=T1)
+
+    after = status_core.record_not_reached(before, step(2, "judge"))
+
+    assert between(before, after) == []
+
+
+def test_record_not_reached_never_changes_its_input():
+    status = chain_started()
+    before = copy.deepcopy(status)
+
+    status_core.record_not_reached(status, step(2, "judge"))
+
+    assert status == before
+
+
+def test_a_stage_not_reached_spends_none_of_its_retries():
+    spec = defaulted_spec(("retries.limit", 1))
+    status = record(chain_started(), step(2, "generate"), failure(), at=T1)
+    status = status_core.record_not_reached(status, step(2, "judge"))
+    status = record(status, step(2, "generate", 2), success(0), at=T2)
+    judge = planner.plan(spec, status, ROOT)
+
+    status = record(status, judge, failure(), at=T2)  # judge's first real failure; one retry is left
+
+    assert isinstance(planner.plan(spec, status, ROOT), planner.Step)
+
+
+@pytest.mark.parametrize(
+    ("decision", "reconciling", "stalled"),
+    [
+        pytest.param(Failed(1, "sft", "OutOfMemory", "CUDA out of memory"), "False", "True", id="failed"),
+        pytest.param(Waiting(1, "sft"), "True", "False", id="waiting"),
+        pytest.param(planner.step_for(SPEC, ROOT, 1, "sft", 2), "True", "False", id="step"),
+        pytest.param(Done(), "False", "False", id="done"),
+    ],
+)
+def test_kstatus_conditions_say_whether_work_goes_on_or_is_stuck(decision, reconciling, stalled):
+    status = summarize(status_with((1, "sft", "Failed")), decision, SPEC, at=T0)
+
+    assert condition(status, "Reconciling")["status"] == reconciling
+    assert condition(status, "Stalled")["status"] == stalled
+
+
+def test_a_failed_run_is_stalled_with_the_stages_reason_and_message():
+    status = summarize(status_with((1, "sft", "Failed", 3)), Failed(1, "sft", "OutOfMemory", "CUDA out of memory"), SPEC, at=T0)
+
+    stalled = condition(status, "Stalled")
+    assert stalled["reason"] == "OutOfMemory"
+    assert "CUDA out of memory" in stalled["message"]
+    assert condition(status, "Reconciling")["reason"] == "RetriesExhausted"
+
+
+def test_a_running_run_is_reconciling_with_its_stage():
+    reconciling = condition(summarize(succeeded_through(1), Waiting(2, "judge"), SPEC, at=T0), "Reconciling")
+
+    assert (reconciling["status"], reconciling["reason"]) == ("True", "StageRunning")
+    assert "judge" in reconciling["message"]
+
+
+def test_a_suspended_run_is_not_reconciling():
+    status = summarize(status_with((1, "sft", "Succeeded"), iteration=1, stage="sft"), Suspended(), SPEC, at=T0)
+
+    assert (condition(status, "Reconciling")["status"], condition(status, "Reconciling")["reason"]) == ("False", "Suspended")
+
+
+def test_a_failed_run_that_is_retried_is_no_longer_stalled():
+    failed = summarize(status_with((1, "sft", "Failed", 3)), Failed(1, "sft", "OutOfMemory", ""), SPEC, at=T0)
+
+    retried = summarize(reset_failed(failed), planner.step_for(SPEC, ROOT, 1, "sft", 4), SPEC, at=T1)
+
+    assert condition(retried, "Stalled")["status"] == "False"
+    assert condition(retried, "Stalled")["lastTransitionTime"] == T1
+    assert condition(retried, "Reconciling")["status"] == "True"

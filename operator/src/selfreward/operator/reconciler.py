@@ -44,6 +44,11 @@ def cluster_chain(spec: dict[str, Any], status: dict[str, Any], root: str, first
     return list(itertools.takewhile(lambda step: step.shard_count == first.shard_count, chain))
 
 
+# The order stages run in within an iteration, whatever the spec plans now (a chain that started
+# with evaluation enabled is still read back in order after it was disabled).
+STAGE_ORDER = ("sft", "instruct", "generate", "judge", "dpo", "evaluate")
+
+
 def running_chain(spec: dict[str, Any], status: dict[str, Any], root: str, waiting: planner.Waiting) -> tuple[str, list[planner.Step]]:
     """The child that runs the waiting stage, and every step it runs (all recorded with that child)."""
     child = planner.stage_status(status, waiting.iteration, waiting.stage)["children"][-1]
@@ -52,8 +57,7 @@ def running_chain(spec: dict[str, Any], status: dict[str, Any], root: str, waiti
         for item in entry.get("stages", []):
             if item.get("state") == planner.StageState.RUNNING.value and (item.get("children") or [None])[-1] == child:
                 steps.append(planner.resume_step(spec, status, root, planner.Waiting(entry["iteration"], item["name"])))
-    order = {(t, s): n for n, (t, s) in enumerate((t, s) for t in range(1, spec["iterations"] + 1) for s in planner.stages_of(t, spec))}
-    return child, sorted(steps, key=lambda step: order[(step.iteration, step.stage)])
+    return child, sorted(steps, key=lambda step: (step.iteration, STAGE_ORDER.index(step.stage)))
 
 
 RETRY_ANNOTATION = "selfreward.io/retry"
@@ -147,8 +151,10 @@ class Reconciler:
             return status, True
         state = results.child_state(child)
         if not state.finished:
-            if state.suspended != bool(spec["suspend"]):
-                self.cluster.set_suspended(child, bool(spec["suspend"]))
+            if spec["suspend"] and not state.suspended:
+                self.cluster.set_suspended(child, True)
+            elif not spec["suspend"] and state.suspended and builders.QUEUE_LABEL not in child["metadata"].get("labels", {}):
+                self.cluster.set_suspended(child, False)  # under Kueue, admission decides when it runs
             return status, False
         for step, summary in zip(chain, results.step_summaries(chain, state, self.cluster.pods_of(child))):
             if summary is None:

@@ -110,10 +110,11 @@ def record(status: dict[str, Any], step: planner.Step, summary: dict[str, Any], 
 
 
 def record_not_reached(status: dict[str, Any], step: planner.Step) -> dict[str, Any]:
-    """A stage of a chain that never ran because a stage before it failed: pending again."""
+    """A stage of a chain that never ran because a stage before it failed: pending again. Its
+    attempt number stays used (no child name is ever reused) but is not counted as a failure."""
     new = copy.deepcopy(status)
     _, item = _stage_entry(new, step.iteration, step.stage)
-    item.update(state=StageState.PENDING.value, finishedAt=now_text())
+    item.update(state=StageState.PENDING.value, finishedAt=now_text(), retryBase=item.get("retryBase", 0) + 1)
     return new
 
 
