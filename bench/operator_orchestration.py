@@ -36,6 +36,7 @@ class ChildWatch:
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
         self.created: dict[tuple[str, str], float] = {}
+        self.run_of: dict[tuple[str, str], str] = {}
         self.finished: dict[tuple[str, str], float] = {}
         self.stop = threading.Event()
 
@@ -67,6 +68,7 @@ class ChildWatch:
                 obj = obj if isinstance(obj, dict) else self.cluster.api_client().sanitize_for_serialization(obj)
                 key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
                 self.created.setdefault(key, now)
+                self.run_of[key] = obj["metadata"]["labels"]["selfreward.io/run"]
                 conditions = (obj.get("status") or {}).get("conditions") or []
                 if any(c["type"] in ("Complete", "Succeeded", "Failed") and c["status"] == "True" for c in conditions):
                     self.finished.setdefault(key, now)
@@ -77,8 +79,7 @@ class ChildWatch:
         """For each run, the time from each child's end to the next child's appearance."""
         by_run: dict[tuple[str, str], list[tuple[str, str]]] = {}
         for namespace, name in self.created:
-            run = name.split("-i")[0]
-            by_run.setdefault((namespace, run), []).append((namespace, name))
+            by_run.setdefault((namespace, self.run_of[namespace, name]), []).append((namespace, name))
         gaps = []
         for keys in by_run.values():
             ordered = sorted(keys, key=self.created.__getitem__)

@@ -6,6 +6,7 @@ import pytest
 
 from selfreward.operator import layout
 from selfreward.operator import plan as planner
+from selfreward.operator import children
 from selfreward.operator.children import Defaults, RunRef, build
 from tests.builders import NAMESPACE, ROOT, RUN_NAME, defaulted_spec
 
@@ -517,3 +518,16 @@ def test_building_leaves_the_run_spec_unchanged():
     build(run, ROOT, steps(run, "generate"), DEFAULTS)
 
     assert json.dumps(run.spec, sort_keys=True) == before
+
+
+@pytest.mark.parametrize(("kind", "stages"), [("Job", ("generate", "judge")), ("PyTorchJob", ("dpo",))])
+def test_a_child_tells_which_steps_it_runs(kind, stages):
+    run = run_ref(("placement.inference.replicas", 3))
+    chain = steps(run, *stages, attempt=2)
+    read_back = children.steps_of(children.build(run, ROOT, chain, DEFAULTS))
+
+    def recorded(step):
+        return (step.iteration, step.stage, step.attempt, step.shard_count, step.outputs, step.inputs, step.fingerprint)
+
+    assert [recorded(step) for step in read_back] == [recorded(step) for step in chain]
+    assert all(step.fingerprint for step in read_back)

@@ -142,7 +142,7 @@ FAILED_CONDITION = {"type": "Failed", "status": "True", "reason": "OOMKilled",
     [
         pytest.param({"phase": "Succeeded", "iteration": 3}, ("Normal", "RunSucceeded", "run/Succeeded/3"), id="succeeded"),
         pytest.param({"phase": "Failed", "iteration": 2, "stage": "judge", "observedGeneration": 4,
-                      "conditions": [FAILED_CONDITION]}, ("Warning", "RunFailed", "run/Failed/4/2/judge"), id="failed"),
+                      "conditions": [FAILED_CONDITION]}, ("Warning", "RunFailed", "run/Failed/2/judge/0"), id="failed"),
         pytest.param({"phase": "Suspended", "observedGeneration": 5}, ("Normal", "RunSuspended", "run/Suspended/5"),
                      id="suspended"),
     ],

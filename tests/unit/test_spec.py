@@ -133,6 +133,7 @@ def test_defaulting_does_not_change_the_given_object():
 
 
 INVALID = [
+    pytest.param(("metadata.name", "r" * 64), "metadata.name", id="name-longer-than-a-label"),
     pytest.param(("spec.colour", "blue"), "spec.colour", id="unknown-spec-field"),
     pytest.param(("spec.judge.foo", 1), "spec.judge.foo", id="unknown-nested-field"),
     pytest.param(("spec.generation.candidates", 1), "spec.generation.candidates", id="one-candidate"),

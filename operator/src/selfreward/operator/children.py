@@ -28,6 +28,7 @@ ITERATION_LABEL = "selfreward.io/iteration"
 STAGE_LABEL = "selfreward.io/stage"
 ATTEMPT_LABEL = "selfreward.io/attempt"
 STAGES_ANNOTATION = "selfreward.io/stages"  # every stage a chained child runs, in order
+FINGERPRINTS_ANNOTATION = "selfreward.io/fingerprints"  # {stage: fingerprint} of the steps it runs
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 JOB_CONTAINER = "worker"
@@ -85,7 +86,8 @@ def _metadata(run: RunRef, chain: list[planner.Step], placement: dict[str, Any])
         "name": child_name(run, chain),
         "namespace": run.namespace,
         "labels": child_labels,
-        "annotations": {STAGES_ANNOTATION: ",".join(step.stage for step in chain)},
+        "annotations": {STAGES_ANNOTATION: ",".join(step.stage for step in chain),
+                        FINGERPRINTS_ANNOTATION: json.dumps({step.stage: step.fingerprint for step in chain}, sort_keys=True)},
         "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": run.name, "uid": run.uid,
                              "controller": True}],
     }
@@ -202,3 +204,20 @@ def _pytorchjob(run: RunRef, root: str, step: planner.Step, defaults: Defaults) 
             "pytorchReplicaSpecs": replica_specs,
         },
     }
+
+
+def steps_of(child: dict[str, Any]) -> list[planner.Step]:
+    """The steps an existing child runs, read back from it (its configs and annotations): what a
+    restarted operator records when it finds the child it was about to create already there,
+    even if the spec changed in between."""
+    spec = child["spec"]
+    template = spec["template"] if child["kind"] == "Job" else spec["pytorchReplicaSpecs"]["Master"]["template"]
+    args = template["spec"]["containers"][0]["args"]
+    raw = json.loads(args[args.index("--config") + 1])
+    fingerprints = json.loads(child["metadata"].get("annotations", {}).get(FINGERPRINTS_ANNOTATION, "{}"))
+    return [
+        planner.Step(iteration=config["iteration"], stage=config["stage"], attempt=config["attempt"], model=config["inputs"]["model"],
+                     inputs=config["inputs"], outputs=config["outputs"], shard_count=config["shardCount"],
+                     sections=config["spec"], input_shards=config["inputShards"], fingerprint=fingerprints.get(config["stage"], ""))
+        for config in (raw if isinstance(raw, list) else [raw])
+    ]

@@ -61,8 +61,10 @@ def run_changes(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
                                 f"run/Succeeded/{new.get('iteration')}"))
         elif phase == "Failed":
             failed = next((c for c in new.get("conditions", []) if c["type"] == "Failed"), {})
+            attempt = next((item.get("attempt") for t, item in _stages(new)
+                            if t == new.get("iteration") and item["name"] == new.get("stage")), 0)
             events.append(Event("Warning", "RunFailed", failed.get("message", "the run failed")[:1024],
-                                f"run/Failed/{generation}/{new.get('iteration')}/{new.get('stage')}"))
+                                f"run/Failed/{new.get('iteration')}/{new.get('stage')}/{attempt}"))
         elif phase == "Suspended":
             events.append(Event("Normal", "RunSuspended", "spec.suspend is true: no new stage starts",
                                 f"run/Suspended/{generation}"))

@@ -34,6 +34,7 @@ class RunQueue:
         self.workers: dict[Key, asyncio.Task] = {}
         self.timers: dict[Key, asyncio.TimerHandle] = {}
         self.own_writes: dict[Key, str] = {}
+        self.errors: dict[Key, int] = {}  # consecutive failed reconciles of a run, for the backoff
 
     def poke(self, key: Key, resource_version: str | None = None) -> None:
         if resource_version is not None and self.own_writes.get(key) == resource_version:
@@ -45,6 +46,7 @@ class RunQueue:
     def forget(self, key: Key) -> None:
         self.dirty.discard(key)
         self.own_writes.pop(key, None)
+        self.errors.pop(key, None)
         timer = self.timers.pop(key, None)
         if timer:
             timer.cancel()
@@ -55,22 +57,21 @@ class RunQueue:
         self.timers[key] = asyncio.get_running_loop().call_later(seconds, self.poke, key)
 
     async def _work(self, key: Key) -> None:
-        errors = 0
         try:
             while key in self.dirty:
                 self.dirty.discard(key)
                 try:
                     outcome = await asyncio.to_thread(self.reconcile, *key)
                 except Conflict:
-                    self.dirty.add(key)  # changed under us: read it again
+                    self.dirty.add(key)  # changed under us: read it again (its own event will poke too)
                     continue
-                except Exception as error:  # the API server unreachable, a 5xx, ...: try again later
-                    errors += 1
-                    delay = min(2.0 ** errors, MAX_ERROR_DELAY)
+                except Exception as error:  # the API server unreachable, a 5xx, a refused request: try again later
+                    self.errors[key] = self.errors.get(key, 0) + 1
+                    delay = min(2.0 ** self.errors[key], MAX_ERROR_DELAY)
                     logger.error("reconciling %s/%s failed (%s), trying again in %.0f s", *key, error, delay)
                     self._wake_in(key, delay)
                     continue
-                errors = 0
+                self.errors.pop(key, None)
                 if outcome.status_written:
                     self.own_writes[key] = outcome.status_written
                 if outcome.wake_in:

@@ -155,6 +155,14 @@ def resume_step(spec: dict[str, Any], status: dict[str, Any], root: str, waiting
     return step_for(spec, root, waiting.iteration, waiting.stage, attempt, status, expected)
 
 
+def recorded_step(status: dict[str, Any], iteration: int, stage: str) -> Step:
+    """The step a stage's status says is running, as it was started: its attempt, shard count,
+    outputs and fingerprint, whatever the spec says now (an edit while it runs is seen after)."""
+    item = stage_status(status, iteration, stage)
+    return Step(iteration=iteration, stage=stage, attempt=item["attempt"], model="", inputs={}, outputs=item.get("outputs", {}),
+                shard_count=item.get("shardCount", 1), fingerprint=item.get("fingerprint", ""))
+
+
 def stage_inputs(spec: dict[str, Any], root: str, iteration: int, stage: str) -> dict[str, Any]:
     """The input URIs of a stage: the model it loads, seed files, earlier stages' outputs."""
     base = spec["baseModel"]["uri"]

@@ -49,14 +49,15 @@ def cluster_chain(spec: dict[str, Any], status: dict[str, Any], root: str, first
 STAGE_ORDER = ("sft", "instruct", "generate", "judge", "dpo", "evaluate")
 
 
-def running_chain(spec: dict[str, Any], status: dict[str, Any], root: str, waiting: planner.Waiting) -> tuple[str, list[planner.Step]]:
-    """The child that runs the waiting stage, and every step it runs (all recorded with that child)."""
+def running_chain(status: dict[str, Any], waiting: planner.Waiting) -> tuple[str, list[planner.Step]]:
+    """The child that runs the waiting stage, and every step it runs (all recorded with that
+    child), as they were started."""
     child = planner.stage_status(status, waiting.iteration, waiting.stage)["children"][-1]
     steps = []
     for entry in status.get("iterations", []):
         for item in entry.get("stages", []):
             if item.get("state") == planner.StageState.RUNNING.value and (item.get("children") or [None])[-1] == child:
-                steps.append(planner.resume_step(spec, status, root, planner.Waiting(entry["iteration"], item["name"])))
+                steps.append(planner.recorded_step(status, entry["iteration"], item["name"]))
     return child, sorted(steps, key=lambda step: (step.iteration, STAGE_ORDER.index(step.stage)))
 
 
@@ -117,9 +118,11 @@ class Reconciler:
         status = status_core.summarize(status, shown, spec, meta.get("generation"))
         if status == before:
             return Outcome(wake_in)
-        written = self.cluster.replace_status(run, status)
+        # Events first: their names are fixed by the transition, so if the status write is lost
+        # the next reconcile posts the same ones again and the API server keeps one of each.
         for event in events + run_events.run_changes(before, status):
             self.cluster.post_event(run, event)
+        written = self.cluster.replace_status(run, status)
         return Outcome(wake_in, written["metadata"]["resourceVersion"])
 
     def _start(self, ref: builders.RunRef, spec: dict[str, Any], status: dict[str, Any], root: str,
@@ -127,13 +130,15 @@ class Reconciler:
         chain = cluster_chain(spec, status, root, first)
         child = builders.build(ref, root, chain, self.defaults)
         name = child["metadata"]["name"]
-        try:
-            if name not in existing:
+        if name in existing:  # made before a crash or a lost status write: record what it runs
+            chain = builders.steps_of(existing[name])
+        else:
+            try:
                 self.cluster.create_child(child)
-                existing[name] = child
-        except Invalid as error:  # the spec asks for something the API server refuses (a bad quantity, ...)
-            return status_core.record(status, first, {"ok": False, "permanent": True, "reason": "InvalidChild",
-                                                      "error": f"the API server refused {child['kind']} {name}: {error}"})
+            except Invalid as error:  # the spec asks for something the API server refuses (a bad quantity, ...)
+                return status_core.record(status, first, {"ok": False, "permanent": True, "reason": "InvalidChild",
+                                                          "error": f"the API server refused {child['kind']} {name}: {error}"})
+            existing[name] = child
         for step in chain:
             status = status_core.record_start(status, step, [name])
         return status
@@ -141,7 +146,7 @@ class Reconciler:
     def _observe(self, ref: builders.RunRef, spec: dict[str, Any], status: dict[str, Any], root: str,
                  waiting: planner.Waiting, existing: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], bool]:
         """Record the running child's results once it finished; (new status, whether anything was recorded)."""
-        name, chain = running_chain(spec, status, root, waiting)
+        name, chain = running_chain(status, waiting)
         child = existing.get(name)
         if child is None:
             lost = {"ok": False, "permanent": False, "reason": "ChildMissing",

@@ -73,7 +73,9 @@ def _strict(schema: dict[str, Any]) -> dict[str, Any]:
     schema = dict(schema)
     schema.pop("default", None)
     if "properties" in schema:
-        schema["properties"] = {name: _strict(child) for name, child in schema["properties"].items()}
+        # Object metadata is the API server's: the schema may only restrict its name.
+        schema["properties"] = {name: child if name == "metadata" else _strict(child)
+                                for name, child in schema["properties"].items()}
         if not schema.get("x-kubernetes-preserve-unknown-fields"):
             schema.setdefault("additionalProperties", False)
     if isinstance(schema.get("items"), dict):
