@@ -22,13 +22,14 @@ class Recorder(RunQueue):
             asyncio.get_running_loop().call_soon(self.poke, key)
 
 
-async def settle(queue: RunQueue) -> None:
-    for _ in range(200):
-        await asyncio.sleep(0)
-        if not queue.workers:
-            await asyncio.sleep(0.01)
-            if not queue.workers:
-                return
+async def settle(queue: RunQueue, deadline: float = 5.0) -> None:
+    """Wait until the queue has no worker left (reconciles run in threads)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    await asyncio.sleep(0)
+    while queue.workers:
+        assert loop.time() < end, "the queue did not settle"
+        await asyncio.sleep(0.005)
 
 
 def test_events_that_arrive_during_a_reconcile_cause_one_more_reconcile_not_one_each():
@@ -78,7 +79,7 @@ def test_a_success_resets_the_failure_backoff():
     results = iter([RuntimeError("down"), RuntimeError("down"), Outcome(), RuntimeError("down")])
 
     def flaky(*key):
-        result = next(results)
+        result = next(results, Outcome())
         if isinstance(result, Exception):
             raise result
         return result
