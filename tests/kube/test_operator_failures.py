@@ -102,6 +102,8 @@ def test_an_evicted_shard_is_replaced_by_the_job_and_costs_no_attempt(srr_crd, n
 
 
 def test_an_evicted_training_pod_reruns_the_stage_without_spending_a_retry(srr_crd, namespace, operator):
+    """As the kubelet evicts under node pressure: the pod ends Failed with DisruptionTarget. (An
+    eviction through the API deletes the pod instead; the training operator then recreates it.)"""
     def evict_first_sft(pod: WorkerPod) -> Play:
         if pod.stages == ["sft"] and pod.attempt == 1:
             return Play(137, [], disrupted=True)

@@ -65,6 +65,23 @@ def test_suspend_suspends_the_running_child_and_resume_finishes_it_in_the_same_a
     assert any(e["reason"] == "RunSuspended" for e in run_events(srr_crd, namespace))
 
 
+def test_suspending_a_sharded_job_keeps_its_attempt_and_resuming_finishes_it(srr_crd, namespace, operator):
+    operator.start([namespace])
+    gate = Gate("paper-i02-generate-a1")
+    with Player(srr_crd, [namespace], gate) as player:
+        srr_crd.apply(cluster_run(spec__iterations=2), namespace=namespace)
+        wait_for(lambda: held(player, "paper-i02-generate-a1"), 60, "the generate pods to run")
+        patch_spec(srr_crd, namespace, {"suspend": True})
+        wait_for(lambda: children(srr_crd, namespace)["paper-i02-generate-a1"]["spec"].get("suspend"), 30,
+                 "the Job to be suspended")
+        wait_for_phase(srr_crd, namespace, RUN, "Suspended")
+        gate.open("paper-i02-generate-a1")
+        patch_spec(srr_crd, namespace, {"suspend": False})
+        run = wait_for_phase(srr_crd, namespace, RUN, "Succeeded")
+    assert (stage(run["status"], 2, "generate")["attempt"], stage(run["status"], 2, "judge")["attempt"]) == (1, 1)
+    assert [name for name in children(srr_crd, namespace) if "generate" in name] == ["paper-i02-generate-a1"]
+
+
 def test_a_run_created_suspended_starts_nothing(srr_crd, namespace, operator):
     operator.start([namespace])
     srr_crd.apply(cluster_run(spec__iterations=1, spec__suspend=True), namespace=namespace)
