@@ -108,6 +108,10 @@ class Waiting:
 Decision = Step | Done | Suspended | Failed | Waiting
 
 
+# Every stage in the order they run within an iteration (stages_of picks those an iteration has).
+STAGE_ORDER = ("sft", "instruct", "generate", "judge", "dpo", "evaluate")
+
+
 def stages_of(iteration: int, spec: dict[str, Any]) -> tuple[str, ...]:
     stages = ("sft",) if iteration == 1 else ("instruct", "generate", "judge", "dpo")
     return stages + (("evaluate",) if spec["evaluation"]["enabled"] else ())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -26,7 +25,6 @@ from selfreward.operator import results
 from selfreward.operator import status as status_core
 from selfreward.operator.kube import Cluster, Invalid
 
-logger = logging.getLogger(__name__)
 MAX_STEPS_PER_RECONCILE = 64  # a bound, far above what one reconcile can do (each step waits on a child)
 
 
@@ -44,11 +42,6 @@ def cluster_chain(spec: dict[str, Any], status: dict[str, Any], root: str, first
     return list(itertools.takewhile(lambda step: step.shard_count == first.shard_count, chain))
 
 
-# The order stages run in within an iteration, whatever the spec plans now (a chain that started
-# with evaluation enabled is still read back in order after it was disabled).
-STAGE_ORDER = ("sft", "instruct", "generate", "judge", "dpo", "evaluate")
-
-
 def running_chain(status: dict[str, Any], waiting: planner.Waiting) -> tuple[str, list[planner.Step]]:
     """The child that runs the waiting stage, and every step it runs (all recorded with that
     child), as they were started."""
@@ -58,7 +51,7 @@ def running_chain(status: dict[str, Any], waiting: planner.Waiting) -> tuple[str
         for item in entry.get("stages", []):
             if item.get("state") == planner.StageState.RUNNING.value and (item.get("children") or [None])[-1] == child:
                 steps.append(planner.recorded_step(status, entry["iteration"], item["name"]))
-    return child, sorted(steps, key=lambda step: (step.iteration, STAGE_ORDER.index(step.stage)))
+    return child, sorted(steps, key=lambda step: (step.iteration, planner.STAGE_ORDER.index(step.stage)))
 
 
 RETRY_ANNOTATION = "selfreward.io/retry"
