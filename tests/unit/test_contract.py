@@ -1,6 +1,7 @@
 """Spec of the stage contract: the --config a stage program is given, and the summary line it prints."""
 
 import json
+import sys
 
 import pytest
 
@@ -165,3 +166,20 @@ def test_a_shortened_failure_summary_keeps_its_reason_and_permanence():
 
     assert parsed["truncated"] is True
     assert (parsed["reason"], parsed["permanent"]) == ("InvalidConfig", True)
+
+
+def test_a_chain_leaves_one_summary_line_per_stage_in_the_termination_message(tmp_path, monkeypatch, capsys):
+    from selfreward.trainer import contract
+
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setattr(contract, "TERMINATION_LOG", log)
+    monkeypatch.setattr(contract, "_reported", [])
+    monkeypatch.setattr(contract, "_summary_stream", sys.stdout)
+    big = {"ok": True, "metrics": {f"metric{i}": i for i in range(400)}}
+    for stage in ("generate", "judge"):
+        contract.report({"stage": stage, "iteration": 2, "attempt": 1, **big}, stages=2)
+
+    lines = log.read_text().splitlines()
+    assert [json.loads(line)["stage"] for line in lines] == ["generate", "judge"]
+    assert len(log.read_text().encode()) <= TERMINATION_LIMIT
