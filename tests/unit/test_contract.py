@@ -168,7 +168,7 @@ def test_a_shortened_failure_summary_keeps_its_reason_and_permanence():
     assert (parsed["reason"], parsed["permanent"]) == ("InvalidConfig", True)
 
 
-def test_a_chain_leaves_one_summary_line_per_stage_in_the_termination_message(tmp_path, monkeypatch, capsys):
+def test_a_chain_leaves_one_summary_line_per_stage_in_the_termination_message(tmp_path, monkeypatch):
     from selfreward.trainer import contract
 
     log = tmp_path / "termination-log"
