@@ -140,3 +140,29 @@ def test_without_namespaces_the_operator_watches_every_namespace(srr_crd, namesp
     with Player(srr_crd, [namespace]):
         srr_crd.apply(cluster_run(spec__iterations=1), namespace=namespace)
         wait_for_phase(srr_crd, namespace, RUN, "Succeeded")
+
+
+def test_placement_defaults_fill_in_what_a_run_names_not_and_metrics_count_the_work(srr_crd, namespace, operator, tmp_path):
+    import urllib.request
+
+    from testbed.proc import free_port
+    from tests.fixtures.cluster import gpu_placement
+
+    defaults = tmp_path / "placement.yaml"
+    defaults.write_text(json.dumps({"training": gpu_placement("gpu-training"), "inference": gpu_placement("gpu-inference")}))
+    port = free_port()
+    operator.start([namespace], "--placement-defaults", str(defaults), "--metrics-port", str(port))
+    run = cluster_run(spec__iterations=1)
+    run["spec"]["placement"] = {"training": {"nodeSelector": {POOL_LABEL: "cpu"}}}  # the run's own choice wins
+    with Player(srr_crd, [namespace]):
+        srr_crd.apply(run, namespace=namespace)
+        wait_for_phase(srr_crd, namespace, RUN, "Succeeded")
+    made = children(srr_crd, namespace)
+    training = made["paper-i01-sft-a1"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    inference = made["paper-i01-evaluate-a1"]["spec"]["template"]["spec"]
+    assert training["nodeSelector"] == {POOL_LABEL: "cpu"} and training["tolerations"] == gpu_placement("gpu-training")["tolerations"]
+    assert inference["nodeSelector"] == {POOL_LABEL: "gpu-inference"}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    assert 'selfreward_children_created_total{kind="PyTorchJob"} 1.0' in text
+    assert 'selfreward_runs{phase="Succeeded"} 1.0' in text

@@ -15,7 +15,7 @@ only as references to the Secret the run names. Nothing here calls the API.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from selfreward.operator import layout
@@ -39,12 +39,32 @@ WORKER_UID = 1000
 SCRATCH = "/scratch"
 
 
+# Placement fields an operator-wide default may fill in where a run names nothing.
+DEFAULTABLE = ("image", "resources", "nodeSelector", "tolerations", "affinity", "priorityClassName", "queueName")
+
+
 @dataclass(frozen=True)
 class Defaults:
-    """What the operator applies where a run's placement names nothing (the chart's values)."""
+    """What the operator applies where a run's placement names nothing (the chart's values):
+    worker images, and per stage kind ("inference", "training") any of DEFAULTABLE."""
 
     inference_image: str = "selfreward-inference:0.1.0"
     training_image: str = "selfreward-training:0.1.0"
+    placement: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def image(self, kind: str) -> str:
+        return self.inference_image if kind == "inference" else self.training_image
+
+
+def placement_for(run: RunRef, kind: str, defaults: Defaults) -> dict[str, Any]:
+    """The run's placement of a stage kind, with the operator's defaults where it names nothing."""
+    placement = dict(run.spec["placement"][kind])
+    for key, value in defaults.placement.get(kind, {}).items():
+        if key in DEFAULTABLE and not placement.get(key):
+            placement[key] = value
+    placement.setdefault("image", "")
+    placement["image"] = placement["image"] or defaults.image(kind)
+    return placement
 
 
 @dataclass(frozen=True)
@@ -149,9 +169,9 @@ def _pod_template(run: RunRef, step: planner.Step, placement: dict[str, Any], co
 
 
 def _job(run: RunRef, root: str, chain: list[planner.Step], defaults: Defaults) -> dict[str, Any]:
-    placement = run.spec["placement"]["inference"]
+    placement = placement_for(run, "inference", defaults)
     shards = chain[0].shard_count
-    container = {"name": JOB_CONTAINER, "image": placement.get("image") or defaults.inference_image,
+    container = {"name": JOB_CONTAINER, "image": placement["image"],
                  "command": ["python"], "args": _stage_command(run, root, chain)}
     return {
         "apiVersion": "batch/v1",
@@ -178,13 +198,13 @@ def _job(run: RunRef, root: str, chain: list[planner.Step], defaults: Defaults) 
 
 
 def _pytorchjob(run: RunRef, root: str, step: planner.Step, defaults: Defaults) -> dict[str, Any]:
-    placement = run.spec["placement"]["training"]
+    placement = placement_for(run, "training", defaults)
     nodes, processes = placement["replicas"], placement["processesPerReplica"]
     launcher = [
         "--nnodes", str(nodes), "--nproc-per-node", str(processes),
         "--node-rank", "$(PET_NODE_RANK)", "--master-addr", "$(PET_MASTER_ADDR)", "--master-port", "$(PET_MASTER_PORT)",
     ]
-    container = {"name": TRAINING_CONTAINER, "image": placement.get("image") or defaults.training_image,
+    container = {"name": TRAINING_CONTAINER, "image": placement["image"],
                  "command": ["torchrun"], "args": launcher + _stage_command(run, root, [step]),
                  "ports": [{"name": "pytorchjob-port", "containerPort": RENDEZVOUS_PORT}]}
     template = _pod_template(run, step, placement, container)

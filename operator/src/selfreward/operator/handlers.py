@@ -14,6 +14,7 @@ from typing import Callable
 
 import kopf
 
+from selfreward.operator import metrics
 from selfreward.operator.children import RUN_LABEL
 from selfreward.operator.kube import Cluster, Conflict, api_client
 from selfreward.operator.reconciler import Outcome, Reconciler
@@ -35,6 +36,7 @@ class RunQueue:
         self.timers: dict[Key, asyncio.TimerHandle] = {}
         self.own_writes: dict[Key, str] = {}
         self.errors: dict[Key, int] = {}  # consecutive failed reconciles of a run, for the backoff
+        self.phases = metrics.RunPhases()
 
     def poke(self, key: Key, resource_version: str | None = None) -> None:
         if resource_version is not None and self.own_writes.get(key) == resource_version:
@@ -44,12 +46,21 @@ class RunQueue:
             self.workers[key] = asyncio.get_running_loop().create_task(self._work(key))
 
     def forget(self, key: Key) -> None:
+        self.phases.set(key, None)
         self.dirty.discard(key)
         self.own_writes.pop(key, None)
         self.errors.pop(key, None)
         timer = self.timers.pop(key, None)
         if timer:
             timer.cancel()
+
+    def _count(self, key: Key, outcome: Outcome) -> None:
+        metrics.RECONCILES.labels("ok").inc()
+        for kind in outcome.created:
+            metrics.CHILDREN_CREATED.labels(kind).inc()
+        for reason in outcome.reported:
+            metrics.TRANSITIONS.labels(reason).inc()
+        self.phases.set(key, outcome.phase)
 
     def _wake_in(self, key: Key, seconds: float) -> None:
         if key in self.timers:
@@ -61,17 +72,21 @@ class RunQueue:
             while key in self.dirty:
                 self.dirty.discard(key)
                 try:
-                    outcome = await asyncio.to_thread(self.reconcile, *key)
+                    with metrics.RECONCILE_SECONDS.time():
+                        outcome = await asyncio.to_thread(self.reconcile, *key)
                 except Conflict:
+                    metrics.RECONCILES.labels("conflict").inc()
                     self.dirty.add(key)  # changed under us: read it again (its own event will poke too)
                     continue
                 except Exception as error:  # the API server unreachable, a 5xx, a refused request: try again later
+                    metrics.RECONCILES.labels("error").inc()
                     self.errors[key] = self.errors.get(key, 0) + 1
                     delay = min(2.0 ** self.errors[key], MAX_ERROR_DELAY)
                     logger.error("reconciling %s/%s failed (%s), trying again in %.0f s", *key, error, delay)
                     self._wake_in(key, delay)
                     continue
                 self.errors.pop(key, None)
+                self._count(key, outcome)
                 if outcome.status_written:
                     self.own_writes[key] = outcome.status_written
                 if outcome.wake_in:
@@ -83,6 +98,9 @@ class RunQueue:
 @kopf.on.startup(id="setup")
 def setup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     settings.posting.enabled = False  # Events are the reconciler's, one per transition
+    # Least privilege: no permission to watch CRDs or namespaces is needed; the resources are
+    # looked up once at start (install the training operator before this one, or restart it).
+    settings.scanning.disabled = True
     settings.watching.label_selectors["batch", "jobs"] = RUN_LABEL
     settings.watching.label_selectors["kubeflow.org", "pytorchjobs"] = RUN_LABEL
     memo.queue = RunQueue(Reconciler(Cluster(api_client()), memo.defaults).reconcile)

@@ -34,6 +34,9 @@ class Outcome:
 
     wake_in: float | None = None
     status_written: str | None = None  # the resourceVersion of our own status write
+    phase: str | None = None  # None: the run is gone
+    created: tuple[str, ...] = ()  # kinds of the children this reconcile created
+    reported: tuple[str, ...] = ()  # reasons of the Events it posted
 
 
 def cluster_chain(spec: dict[str, Any], status: dict[str, Any], root: str, first: planner.Step) -> list[planner.Step]:
@@ -86,6 +89,7 @@ class Reconciler:
         ref = builders.RunRef(meta["name"], meta["namespace"], meta["uid"], spec)
         root = layout.run_root(spec["storage"]["uri"], namespace, name)
         existing = {child["metadata"]["name"]: child for child in self.cluster.list_children(namespace, name)}
+        listed = set(existing)
 
         status, wake_in, events = retry_if_asked(before, meta), None, []
         decision: planner.Decision = planner.Done()
@@ -109,14 +113,17 @@ class Reconciler:
                 break
         shown = planner.Suspended() if spec["suspend"] and isinstance(decision, planner.Waiting) else decision
         status = status_core.summarize(status, shown, spec, meta.get("generation"))
+        created = tuple(child["kind"] for name, child in existing.items() if name not in listed)
         if status == before:
-            return Outcome(wake_in)
+            return Outcome(wake_in, phase=status.get("phase"), created=created)
         # Events first: their names are fixed by the transition, so if the status write is lost
         # the next reconcile posts the same ones again and the API server keeps one of each.
-        for event in events + run_events.run_changes(before, status):
+        events += run_events.run_changes(before, status)
+        for event in events:
             self.cluster.post_event(run, event)
         written = self.cluster.replace_status(run, status)
-        return Outcome(wake_in, written["metadata"]["resourceVersion"])
+        return Outcome(wake_in, written["metadata"]["resourceVersion"], status.get("phase"), created,
+                       tuple(event.reason for event in events))
 
     def _start(self, ref: builders.RunRef, spec: dict[str, Any], status: dict[str, Any], root: str,
                first: planner.Step, existing: dict[str, dict[str, Any]]) -> dict[str, Any]:
