@@ -6,13 +6,14 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 RUN ?= examples/quickstart.yaml
 
-.PHONY: help setup quickstart test test-unit testbed testbed-down testbed-build clean
+.PHONY: help setup quickstart test test-unit testbed testbed-down testbed-build chart clean
 
 help:
 	@echo "make quickstart   install, then run examples/quickstart.yaml on this machine (CPU)"
 	@echo "make test         install, then run the whole test suite"
 	@echo "make testbed      start the test control plane on 127.0.0.1: eval \"\$$(make -s testbed)\""
 	@echo "make testbed-down stop it"
+	@echo "make chart        regenerate the Helm chart's CRD copy and values table"
 
 $(UV):
 	$(PYTHON) -m pip install --user --quiet uv==$(UV_VERSION)
@@ -44,6 +45,10 @@ testbed: setup testbed-build
 
 testbed-down:
 	@PYTHON=$(CURDIR)/.venv/bin/python bash testbed/down.sh
+
+# The chart's CRD copy and values table, generated from crds/ and values.yaml (a test fails on drift).
+chart: setup
+	.venv/bin/python charts/generate.py
 
 test-unit: setup
 	.venv/bin/python -m pytest tests/unit

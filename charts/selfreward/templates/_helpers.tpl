@@ -1,0 +1,46 @@
+{{/* The release's full name, at most 63 characters. */}}
+{{- define "selfreward.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "selfreward.serviceAccountName" -}}
+{{- .Values.serviceAccount.name | default (include "selfreward.fullname" .) -}}
+{{- end -}}
+
+{{- define "selfreward.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "selfreward.labels" -}}
+{{ include "selfreward.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* What the operator may do, in a ClusterRole or in a Role per watched namespace. */}}
+{{- define "selfreward.rules" -}}
+- apiGroups: [selfreward.io]
+  resources: [selfrewardruns]
+  verbs: [get, list, watch]
+- apiGroups: [selfreward.io]
+  resources: [selfrewardruns/status]
+  verbs: [get, update, patch]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [kubeflow.org]
+  resources: [pytorchjobs]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
