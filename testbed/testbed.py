@@ -265,6 +265,7 @@ KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "127.1.0.0/16"
 TRAINING_OPERATOR_NAMESPACE = "kubeflow"
+INIT_CONTAINER_TEMPLATE = HERE.parent / "examples" / "training-operator" / "pytorch-init-container-restricted.yaml"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
               "training-operator", "minio")
 
@@ -543,7 +544,9 @@ def _up(state_dir: Path, with_s3: bool, die_with_parent: bool, timeout: float) -
             "--leader-elect=false",
             f"--metrics-bind-address={LOOPBACK}:{ports['to-metrics']}",
             f"--health-probe-bind-address={LOOPBACK}:{ports['to-probe']}",
-            f"--webhook-server-port={ports['to-webhook']}"],
+            f"--webhook-server-port={ports['to-webhook']}",
+            # As a platform with Pod Security "restricted" namespaces configures it.
+            f"--pytorch-init-container-template-file={INIT_CONTAINER_TEMPLATE}"],
             env={"KUBECONFIG": str(kubeconfig), "MY_POD_NAMESPACE": TRAINING_OPERATOR_NAMESPACE,
                  "TMPDIR": str(TO_CERT_DIR.parent.parent)})
 
