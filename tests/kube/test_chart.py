@@ -22,8 +22,8 @@ CHART = str(REPO / "charts" / "selfreward")
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 
 
-def render(cluster, *values: str, namespace: str = "selfreward") -> list[dict]:
-    text = cluster.helm("template", "sr", CHART, "-n", namespace, *values).stdout
+def render(cluster, *values: str, namespace: str = "selfreward", release: str = "sr") -> list[dict]:
+    text = cluster.helm("template", release, CHART, "-n", namespace, *values).stdout
     import yaml
 
     return [doc for doc in yaml.safe_load_all(text) if doc]
@@ -46,6 +46,20 @@ def test_the_chart_lints_clean_also_strictly(cluster):
 def test_unknown_values_are_refused(cluster):
     refused = cluster.helm("template", "sr", CHART, "--set", "colour=blue", check=False)
     assert refused.returncode != 0 and "colour" in refused.stderr
+
+
+@pytest.mark.parametrize("values", [
+    ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.service.enabled=false"],
+    ["--set", "health.port=8081", "--set", "metrics.port=8081"],
+], ids=["service-monitor-without-service", "one-port-for-two-servers"])
+def test_contradictory_values_are_refused_with_the_reason(cluster, values):
+    refused = cluster.helm("template", "sr", CHART, *values, check=False)
+    assert refused.returncode != 0 and ("metrics.service.enabled" in refused.stderr or "must differ" in refused.stderr)
+
+
+def test_a_long_release_name_still_gives_valid_object_names(cluster):
+    names = [doc["metadata"]["name"] for doc in render(cluster, "--set", "crds.install=false", release="r" * 53)]
+    assert names and all(len(name) <= 63 for name in names)
 
 
 def test_the_rendered_chart_passes_a_server_side_dry_run(cluster):
@@ -94,6 +108,7 @@ def token_kubeconfig(cluster, name: str, namespace: str, path: Path) -> Path:
 PERMISSIONS = [
     ("watch", "selfrewardruns.selfreward.io", True),
     ("update", "selfrewardruns.selfreward.io/status", True),
+    ("patch", "jobs.batch", True),  # suspend and resume
     ("create", "jobs.batch", True),
     ("patch", "pytorchjobs.kubeflow.org", True),
     ("list", "pods", True),
@@ -110,6 +125,7 @@ PERMISSIONS = [
     ("create", "clusterrolebindings.rbac.authorization.k8s.io", False),
     ("delete", "namespaces", False),
     ("create", "deployments.apps", False),
+    ("delete", "selfrewardruns.selfreward.io", False),
 ]
 
 

@@ -23,23 +23,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
-{{/* What the operator may do, in a ClusterRole or in a Role per watched namespace. */}}
+{{/* What the operator may do, in a ClusterRole or in a Role per watched namespace: exactly the
+calls kube.py makes and the watches kopf opens (patch on children = suspend/resume). */}}
 {{- define "selfreward.rules" -}}
 - apiGroups: [selfreward.io]
   resources: [selfrewardruns]
   verbs: [get, list, watch]
 - apiGroups: [selfreward.io]
   resources: [selfrewardruns/status]
-  verbs: [get, update, patch]
+  verbs: [update]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch]
+  verbs: [list, watch, create, patch]
 - apiGroups: [kubeflow.org]
   resources: [pytorchjobs]
-  verbs: [get, list, watch, create, patch]
+  verbs: [list, watch, create, patch]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list]
+  verbs: [list]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
