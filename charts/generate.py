@@ -4,11 +4,14 @@
   with the helm.sh/resource-policy keep annotation, so `helm uninstall` never deletes the CRD and
   with it every run.
 - The values table in charts/selfreward/README.md, from the `# --` comments in values.yaml.
+- In values.schema.json, the schema of workers.placementDefaults: the CRD's own placement fields
+  (those the operator may default), so a default Helm accepts is one the API server accepts.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -77,12 +80,33 @@ def readme() -> str:
     return f"{before}{TABLE_START}\n{values_table()}\n{TABLE_END}{after}"
 
 
+SCHEMA = CHART / "values.schema.json"
+
+
+def placement_schema() -> dict:
+    from selfreward.operator.children import DEFAULTABLE
+
+    crd = yaml.safe_load(CRD_SOURCE.read_text(encoding="utf-8"))
+    run = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    fields = run["properties"]["spec"]["properties"]["placement"]["properties"]["inference"]["properties"]
+    return {"type": "object", "additionalProperties": False,
+            "properties": {name: fields[name] for name in DEFAULTABLE}}
+
+
+def values_schema() -> str:
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    defaults = schema["properties"]["workers"]["properties"]["placementDefaults"]["properties"]
+    for kind in ("inference", "training"):
+        defaults[kind] = placement_schema()
+    return json.dumps(schema, indent=2) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a generated file is out of date")
     args = parser.parse_args()
     stale = []
-    for path, content in ((CRD_COPY, crd_copy()), (README, readme())):
+    for path, content in ((CRD_COPY, crd_copy()), (README, readme()), (SCHEMA, values_schema())):
         if path.exists() and path.read_text(encoding="utf-8") == content:
             continue
         stale.append(path.relative_to(REPO))

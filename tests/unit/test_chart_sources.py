@@ -56,3 +56,15 @@ def test_every_value_is_documented():
                 yield path
 
     assert sorted(set(leaves(yaml.safe_load(text))) - documented) == []
+
+
+def test_placement_defaults_are_held_to_the_crds_placement_schema():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def with_training(defaults):
+        return {**values, "workers": {**values["workers"], "placementDefaults": {"training": defaults}}}
+
+    assert schema_errors(with_training({"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                                        "resources": {"limits": {"nvidia.com/gpu": 8}}})) == []
+    assert schema_errors(with_training({"tolerations": [{"key": "nvidia.com/gpu", "operator": "Sometimes"}]}))
+    assert schema_errors(with_training({"queueName": "q" * 64}))
