@@ -27,7 +27,7 @@ from selfreward.operator import layout
 from selfreward.operator import plan as planner
 from selfreward.operator import status as status_core
 from selfreward.operator.spec import RunDocument
-from selfreward.operator.stageconfig import stage_config
+from selfreward.operator.stageconfig import stage_config, summary_of
 
 LOG_TAIL = 30
 
@@ -136,7 +136,7 @@ class LocalExecutor:
             running: planner.Step | None = pending.pop(0)
             for line in process.stdout:
                 sink.write(line)
-                summary = _summary(line)
+                summary = summary_of(line)
                 if summary is None or running is None:
                     continue
                 status = status_core.record(status, running, summary)
@@ -177,17 +177,6 @@ def _die_with_parent() -> None:
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _summary(line: str) -> dict[str, Any] | None:
-    line = line.strip()
-    if not line.startswith("{"):
-        return None
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) and "ok" in value and "stage" in value else None
 
 
 def exit_summary(code: int, last_output: str) -> dict[str, Any]:

@@ -9,12 +9,12 @@ the local executor reads from the program's stdout, so `status.record` treats bo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from selfreward.operator import plan as planner
 from selfreward.operator.children import EXIT_PERMANENT, JOB_CONTAINER, TRAINING_CONTAINER
+from selfreward.operator.stageconfig import summary_of
 
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
@@ -76,12 +76,9 @@ def _parse_message(message: str) -> tuple[dict[str, dict[str, Any]], str]:
     summaries: dict[str, dict[str, Any]] = {}
     other = []
     for line in message.splitlines():
-        try:
-            value = json.loads(line)
-        except ValueError:
-            value = None
-        if isinstance(value, dict) and "ok" in value and "stage" in value:
-            summaries[value["stage"]] = value
+        summary = summary_of(line)
+        if summary is not None:
+            summaries[summary["stage"]] = summary
         elif line.strip():
             other.append(line)
     return summaries, "\n".join(other)

@@ -1,4 +1,5 @@
-"""The stage program's --config for one step, built the same way by both executors.
+"""The stage program's --config for one step, built the same way by both executors, and the
+summary line it prints back, read the same way by both.
 
 This is the operator's half of the stage contract (selfreward.trainer.contract is the other):
 explicit input and output URIs, the spec sections the stage uses, the shard count, the storage
@@ -7,6 +8,7 @@ endpoint. Never credentials: stage programs read those from their environment.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
 from selfreward.operator import plan as planner
@@ -37,3 +39,15 @@ def stage_config(run: RunLike, root: str, step: planner.Step, uid: str = "") -> 
         "spec": step.sections,
         "storage": {k: storage[k] for k in ("endpoint", "region", "addressingStyle") if storage.get(k)},
     }
+
+
+def summary_of(line: str) -> dict[str, Any] | None:
+    """A stage program's summary line as a dict; None for any other line (a log line)."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) and "ok" in value and "stage" in value else None
