@@ -6,7 +6,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 RUN ?= examples/quickstart.yaml
 
-.PHONY: help setup quickstart test test-unit testbed testbed-down testbed-build chart clean
+.PHONY: help setup quickstart test test-unit testbed testbed-down testbed-build images chart clean
 
 help:
 	@echo "make quickstart   install, then run examples/quickstart.yaml on this machine (CPU)"
@@ -14,6 +14,7 @@ help:
 	@echo "make testbed      start the test control plane on 127.0.0.1: eval \"\$$(make -s testbed)\""
 	@echo "make testbed-down stop it"
 	@echo "make chart        regenerate the Helm chart's CRD copy and values table"
+	@echo "make images       build the operator and CPU worker images with buildah (cached)"
 
 $(UV):
 	$(PYTHON) -m pip install --user --quiet uv==$(UV_VERSION)
@@ -33,12 +34,15 @@ $(TINY_MODEL)/config.json: | .venv/.synced
 quickstart: setup $(TINY_MODEL)/config.json
 	.venv/bin/selfreward run $(RUN)
 
-# Build the testbed's binaries before pytest starts (about 12 min once, then cached outside the repo).
-test: setup testbed-build
+# Build the testbed's binaries and the images before pytest starts (cached outside the repo).
+test: setup testbed-build images
 	.venv/bin/python -m pytest tests
 
 testbed-build:
 	bash testbed/build.sh
+
+images:
+	bash images/build.sh
 
 testbed: setup testbed-build
 	@PYTHON=$(CURDIR)/.venv/bin/python bash testbed/up.sh
