@@ -48,13 +48,30 @@ def test_unknown_values_are_refused(cluster):
     assert refused.returncode != 0 and "colour" in refused.stderr
 
 
-@pytest.mark.parametrize("values", [
-    ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.service.enabled=false"],
-    ["--set", "health.port=8081", "--set", "metrics.port=8081"],
-], ids=["service-monitor-without-service", "one-port-for-two-servers"])
-def test_contradictory_values_are_refused_with_the_reason(cluster, values):
+@pytest.mark.parametrize(("values", "reason"), [
+    (["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.service.enabled=false"], "metrics.service.enabled"),
+    (["--set", "health.port=8081", "--set", "metrics.port=8081"], "must differ"),
+    (["--set", "serviceAccount.create=false"], "serviceAccount.name names the existing ServiceAccount"),
+    (["--set", "podLabels.app\\.kubernetes\\.io/instance=other"], "podLabels may not set app.kubernetes.io/instance"),
+], ids=["service-monitor-without-service", "one-port-for-two-servers", "no-service-account", "labels-take-the-selector"])
+def test_contradictory_values_are_refused_with_the_reason(cluster, values, reason):
     refused = cluster.helm("template", "sr", CHART, *values, check=False)
-    assert refused.returncode != 0 and ("metrics.service.enabled" in refused.stderr or "must differ" in refused.stderr)
+    assert refused.returncode != 0 and reason in refused.stderr
+
+
+def test_an_existing_service_account_is_bound_instead_of_a_new_one(cluster):
+    docs = render(cluster, "--set", "serviceAccount.create=false", "--set", "serviceAccount.name=platform-operator")
+    assert not [doc for doc in docs if doc["kind"] == "ServiceAccount"]
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "platform-operator"
+    binding = next(doc for doc in docs if doc["kind"] == "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "platform-operator", "namespace": "selfreward"}]
+
+
+def test_the_operators_uid_can_be_left_to_the_platform(cluster):
+    docs = render(cluster, "--set", "podSecurityContext.runAsUser=null", "--set", "podSecurityContext.runAsGroup=null")
+    context = next(doc for doc in docs if doc["kind"] == "Deployment")["spec"]["template"]["spec"]["securityContext"]
+    assert context == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def test_a_long_release_name_still_gives_valid_object_names(cluster):

@@ -8,7 +8,11 @@
 {{- end -}}
 
 {{- define "selfreward.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
 {{- .Values.serviceAccount.name | default (include "selfreward.fullname" .) -}}
+{{- else -}}
+{{- required "serviceAccount.name names the existing ServiceAccount when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "selfreward.selectorLabels" -}}
