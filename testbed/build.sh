@@ -5,7 +5,9 @@
 #   testbed/build.sh minio etcd      only these components
 #   testbed/build.sh --print-dirs    print "<component> <dir>" for every component, build nothing
 #
-# Components: minio etcd kubernetes kwok helm training-operator.
+# Components: minio etcd kubernetes kwok helm training-operator kubelet pause.
+# The real node (kubelet, pause) also needs Debian's containerd, runc and CNI plugins: building
+# either installs them with apt when missing (NODE_PACKAGES below).
 # Each lands in $SELFREWARD_TESTBED_CACHE/<component>-<version>/ (default
 # $HOME/.cache/selfreward-testbed) with a .complete marker written last, so a second run only
 # checks markers. Go's own module and build caches stay at their default locations.
@@ -16,7 +18,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/versions.env"
 
 CACHE=${SELFREWARD_TESTBED_CACHE:-$HOME/.cache/selfreward-testbed}
-ALL=(minio etcd kubernetes kwok helm training-operator)
+ALL=(minio etcd kubernetes kwok helm training-operator kubelet pause)
+NODE_PACKAGES=(containerd runc containernetworking-plugins iptables gcc libc6-dev)
 
 version_of() {
   case "$1" in
@@ -26,6 +29,7 @@ version_of() {
     kwok) echo "$KWOK_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
     training-operator) echo "$TRAINING_OPERATOR_VERSION" ;;
+    kubelet|pause) echo "$KUBERNETES_VERSION" ;;
     *) echo "unknown component: $1" >&2; return 1 ;;
   esac
 }
@@ -77,13 +81,12 @@ EOF
   (cd "$src" && "$GO" build "${BUILD_FLAGS[@]}" -ldflags "$LDFLAGS" -o "$1/etcd" go.etcd.io/etcd/server/v3)
 }
 
-build_kubernetes() {
+kubernetes_wrapper() {
   # k8s.io/kubernetes replaces every k8s.io/<staging> module with ./staging/...; a wrapper
-  # module replaces each with the published v0.X.Y of the same release. One `go build` of all
-  # four commands shares the compilation of the common packages.
+  # module replaces each with the published v0.X.Y of the same release.
   local src="$CACHE/src/kubernetes-$KUBERNETES_VERSION" kdir
   kdir=$(moddir "k8s.io/kubernetes@$KUBERNETES_VERSION")
-  rm -rf "$src" && mkdir -p "$src"
+  mkdir -p "$src"
   {
     echo "module selfreward.local/testbed/kubernetes"
     echo
@@ -94,18 +97,62 @@ build_kubernetes() {
     echo "replace ("
     sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*$#\t\1 => \1 '"$KUBERNETES_STAGING_VERSION"'#p' "$kdir/go.mod"
     echo ")"
-  } >"$src/go.mod"
+  } >"$src/go.mod.new"
+  mv "$src/go.mod.new" "$src/go.mod"
+  echo "$src"
+}
+
+kubernetes_ldflags() {
   local minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
   local x="" pkg
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     x+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     x+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  (cd "$src" && "$GO" build "${BUILD_FLAGS[@]}" -ldflags "$LDFLAGS$x" -o "$1/" \
+  echo "$LDFLAGS$x"
+}
+
+build_kubernetes() {
+  # One `go build` of all four commands shares the compilation of the common packages.
+  local src; src=$(kubernetes_wrapper)
+  (cd "$src" && "$GO" build "${BUILD_FLAGS[@]}" -ldflags "$(kubernetes_ldflags)" -o "$1/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler \
     k8s.io/kubernetes/cmd/kubectl)
+}
+
+ensure_node_packages() {
+  local missing=() p
+  for p in "${NODE_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  [[ $(id -u) == 0 ]] || { echo "build.sh: the real node needs: apt-get install ${missing[*]}" >&2; return 1; }
+  echo "build.sh: installing ${missing[*]} (apt)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null; }
+  # The testbed starts containerd itself, in its own network namespace; not as a system service.
+  if command -v systemctl >/dev/null && systemctl is-active --quiet containerd 2>/dev/null; then
+    systemctl disable --now containerd >/dev/null 2>&1 || true
+  fi
+}
+
+build_kubelet() {
+  # The same wrapper module as the control plane: the shared packages come from Go's build cache.
+  # containerd 1.x (Debian's 1.6) is supported by kubelet up to 1.36; 1.37 needs containerd 2.
+  ensure_node_packages
+  local src; src=$(kubernetes_wrapper)
+  (cd "$src" && "$GO" build "${BUILD_FLAGS[@]}" -ldflags "$(kubernetes_ldflags)" -o "$1/" \
+    k8s.io/kubernetes/cmd/kubelet)
+}
+
+build_pause() {
+  # The pod sandbox's process, from the kubernetes module's own source (no image can be pulled).
+  ensure_node_packages
+  local kdir; kdir=$(moddir "k8s.io/kubernetes@$KUBERNETES_VERSION")
+  gcc -Os -Wall -Werror -static -DVERSION="$KUBERNETES_VERSION" -o "$1/pause" "$kdir/build/pause/linux/pause.c"
+  strip "$1/pause"
 }
 
 build_kwok() {

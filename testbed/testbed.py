@@ -1,6 +1,7 @@
 """Start and stop the test control plane on 127.0.0.1 (stdlib only).
 
     python3 -m testbed.testbed up      # build if needed, start, print two `export` lines
+                                       # (--no-node, or SELFREWARD_TESTBED_NODE=0: no real node)
     python3 -m testbed.testbed down    # stop everything started by `up` (pid files)
     python3 -m testbed.testbed status
 
@@ -28,6 +29,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from testbed import node as real_node
 from testbed.proc import LOOPBACK, free_port, http_ok, spawn, stop_pidfile, wait_until
 
 HERE = Path(__file__).resolve().parent
@@ -179,10 +181,12 @@ CLIENTS = {
     "admin": "/O=system:masters/CN=selfreward-testbed-admin",
     "controller-manager": "/CN=system:kube-controller-manager",
     "scheduler": "/CN=system:kube-scheduler",
+    # The real node's kubelet, as the Node authorizer and NodeRestriction know it.
+    "node": f"/O=system:nodes/CN=system:node:{real_node.NAME}",
 }
 
 
-PKI_MARKER = ".complete-v3"  # bump when ensure_pki makes new files
+PKI_MARKER = ".complete-v4"  # bump when ensure_pki makes new files
 # The training operator's webhook cert rotator accepts a CA whose SAN is its CA name and a
 # serving cert for <service>.<namespace>.svc; given valid ones it leaves them as they are.
 TO_WEBHOOK_CA_NAME = "training-operator-ca"
@@ -232,15 +236,18 @@ def ensure_pki(pki: Path) -> None:
     (pki / PKI_MARKER).touch()
 
 
-def write_kubeconfig(path: Path, server: str, pki: Path, client: str) -> None:
-    """A kubeconfig (JSON is YAML) with the CA and client cert embedded."""
+def write_kubeconfig(path: Path, server: str, pki: Path, client: str, tls_server_name: str | None = None) -> None:
+    """A kubeconfig (JSON is YAML) with the CA and client cert embedded. `tls_server_name`: the
+    name to verify the server's certificate against when `server` is a relay's address."""
     def b64(name: str) -> str:
         return base64.b64encode((pki / name).read_bytes()).decode()
 
+    cluster = {"server": server, "certificate-authority-data": b64("ca.crt")}
+    if tls_server_name:
+        cluster["tls-server-name"] = tls_server_name
     cfg = {
         "apiVersion": "v1", "kind": "Config", "preferences": {},
-        "clusters": [{"name": "testbed", "cluster": {
-            "server": server, "certificate-authority-data": b64("ca.crt")}}],
+        "clusters": [{"name": "testbed", "cluster": cluster}],
         "users": [{"name": client, "user": {
             "client-certificate-data": b64(f"{client}.crt"),
             "client-key-data": b64(f"{client}.key")}}],
@@ -278,13 +285,17 @@ class Testbed:
     server: str
     s3: S3Server | None = None
     s3_bucket: str | None = None
+    # The real node, when started: its name and the S3 endpoint its pods dial (a relay's address).
+    node: str | None = None
+    node_s3_endpoint: str | None = None
 
     def exports(self) -> str:
         return f"export KUBECONFIG={self.kubeconfig}\nexport PATH={self.bin_dir}:$PATH"
 
     def to_json(self) -> dict:
         d = {"state_dir": str(self.state_dir), "kubeconfig": str(self.kubeconfig),
-             "bin_dir": str(self.bin_dir), "server": self.server, "s3_bucket": self.s3_bucket}
+             "bin_dir": str(self.bin_dir), "server": self.server, "s3_bucket": self.s3_bucket,
+             "node": self.node, "node_s3_endpoint": self.node_s3_endpoint}
         if self.s3:
             d["s3"] = {"endpoint": self.s3.endpoint, "access_key": self.s3.access_key,
                        "secret_key": self.s3.secret_key, "region": self.s3.region}
@@ -299,7 +310,7 @@ class Testbed:
                           pid_file=state_dir / "pids" / "minio.pid",
                           log_file=state_dir / "logs" / "minio.log")
         return cls(state_dir, Path(d["kubeconfig"]), Path(d["bin_dir"]), d["server"], s3,
-                   d.get("s3_bucket"))
+                   d.get("s3_bucket"), d.get("node"), d.get("node_s3_endpoint"))
 
 
 class _Api:
@@ -379,6 +390,7 @@ def _running(state_dir: Path) -> Testbed | None:
         return None
     pids = state_dir / "pids"
     wanted = [c for c in COMPONENTS if c != "minio" or tb.s3]
+    wanted += list(real_node.PROCESSES) if tb.node else []
     for c in wanted:
         try:
             os.kill(int((pids / f"{c}.pid").read_text()), 0)
@@ -399,15 +411,71 @@ def _locked(state_dir: Path):
 
 
 def up(state_dir: Path | None = None, with_s3: bool = True, die_with_parent: bool = False,
-       timeout: float = 120.0) -> Testbed:
+       timeout: float = 120.0, with_node: bool = False) -> Testbed:
     """Build if needed, then start the whole testbed under `state_dir`; return it when ready.
 
     A testbed already running in `state_dir` is returned as is. Otherwise leftovers are stopped
-    and the cluster starts empty (fresh etcd data); the PKI is kept.
+    and the cluster starts empty (fresh etcd data); the PKI is kept. with_node: also the real
+    node (start_node), its pods reaching this testbed's S3 server.
     """
     state_dir = (state_dir or default_state_dir()).resolve()
     with _locked(state_dir):
-        return _up(state_dir, with_s3, die_with_parent, timeout)
+        tb = _up(state_dir, with_s3, die_with_parent, timeout)
+    if with_node and not tb.node:
+        tb = start_node(tb, tb.s3, die_with_parent=die_with_parent)
+    return tb
+
+
+# The project's images the real node holds: built by images/build.sh (cached by their inputs).
+NODE_IMAGES = ("operator", "cpu")
+IMAGE_VERSION = "0.1.0"
+
+
+def project_images(*names: str) -> dict[str, str]:
+    """Build (or find cached) the project's images; content-keyed name -> the name pods use."""
+    built = subprocess.run(["bash", str(HERE.parent / "images" / "build.sh"), *names],
+                           capture_output=True, text=True)
+    if built.returncode != 0:
+        raise RuntimeError(f"images/build.sh {' '.join(names)} failed:\n{built.stderr[-4000:]}")
+    tags = dict(line.split() for line in built.stdout.splitlines() if line.strip())
+    return {tags[name]: f"localhost/selfreward-{name}:{IMAGE_VERSION}" for name in names}
+
+
+def start_node(tb: Testbed, s3: S3Server | None, die_with_parent: bool = False,
+               timeout: float = 300.0) -> Testbed:
+    """Start the real node (testbed/node.py) beside the running control plane of `tb`; its pods
+    reach `s3` through the relay at node.S3_ENDPOINT. Records it in testbed.json."""
+    state_dir = tb.state_dir
+    with _locked(state_dir):
+        dirs = ensure_built("kubernetes", "kubelet", "pause")
+        images = project_images(*NODE_IMAGES)
+        kubelet_kubeconfig = state_dir / "node.kubeconfig"
+        write_kubeconfig(kubelet_kubeconfig, f"https://{real_node.NODE_IP}:{real_node.API_PORT}",
+                         state_dir / "pki", "node", tls_server_name="localhost")
+        s3_port = int(s3.endpoint.rsplit(":", 1)[1]) if s3 else None
+        cache = dirs["kubelet"].parent
+        try:
+            started = real_node.start(
+                state_dir, cache, dirs, api_port=int(tb.server.rsplit(":", 1)[1]), s3_port=s3_port,
+                kubelet_kubeconfig=kubelet_kubeconfig, pki=state_dir / "pki", images=images,
+                die_with_parent=die_with_parent, timeout=timeout)
+        except BaseException:
+            real_node.stop(state_dir)
+            raise
+        tb = dataclasses.replace(tb, node=started.name, node_s3_endpoint=started.s3_endpoint if s3 else None)
+        (state_dir / "testbed.json").write_text(json.dumps(tb.to_json(), indent=2) + "\n")
+        return tb
+
+
+def stop_node(state_dir: Path) -> list[str]:
+    with _locked(state_dir):
+        stopped = real_node.stop(state_dir)
+        path = state_dir / "testbed.json"
+        if path.exists():
+            d = json.loads(path.read_text())
+            d.update(node=None, node_s3_endpoint=None)
+            path.write_text(json.dumps(d, indent=2) + "\n")
+        return stopped
 
 
 def _up(state_dir: Path, with_s3: bool, die_with_parent: bool, timeout: float) -> Testbed:
@@ -612,7 +680,7 @@ def down(state_dir: Path | None = None) -> list[str]:
 
 def _down(state_dir: Path) -> list[str]:
     pids = state_dir / "pids"
-    stopped = []
+    stopped = real_node.stop(state_dir)
     for name in reversed(COMPONENTS):
         if stop_pidfile(pids / f"{name}.pid"):
             stopped.append(name)
@@ -631,7 +699,8 @@ def main(argv: list[str]) -> int:
         ensure_built(*argv[2:])
         return 0
     if cmd == "up":
-        print(up().exports())
+        with_node = "--no-node" not in argv[2:] and os.environ.get("SELFREWARD_TESTBED_NODE", "1") != "0"
+        print(up(with_node=with_node).exports())
         return 0
     if cmd == "down":
         stopped = down()

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script(name: str, state: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SELFREWARD_TESTBED_STATE=str(state))
+    # Without the real node: one runs per machine, and the session's own may be running.
+    env = dict(os.environ, SELFREWARD_TESTBED_STATE=str(state), SELFREWARD_TESTBED_NODE="0")
     return subprocess.run(["bash", str(ROOT / "testbed" / name)], env=env, text=True,
                           capture_output=True, timeout=600)
 
