@@ -223,6 +223,18 @@ def import_image(state_dir: Path, image: str, *aliases: str) -> None:
         tagged = ctr(state_dir, "images", "tag", "--force", name, alias)
         if tagged.returncode != 0:
             raise RuntimeError(f"tagging {name} as {alias} in containerd: {tagged.stderr.strip()}")
+    # Earlier imports of the same repository (other content keys) only take space now; containerd
+    # collects their layers once no image refers to them.
+    repository = name.rsplit(":", 1)[0]
+    keep = {name, *aliases}
+    listed = [line.split() for line in ctr(state_dir, "images", "list").stdout.splitlines()[1:]]
+    targets = {fields[0]: fields[2] for fields in listed if len(fields) >= 3}  # REF TYPE DIGEST ...
+    stale = {ref for ref in targets if ref.rsplit(":", 1)[0] == repository and ref not in keep}
+    named = {target for ref, target in targets.items() if not ref.startswith("sha256:") and ref not in stale}
+    # CRI also names each image by its id (sha256:...): those of removed images go with them.
+    stale |= {ref for ref, target in targets.items() if ref.startswith("sha256:") and target not in named}
+    if stale:
+        ctr(state_dir, "images", "remove", *sorted(stale))
 
 
 def _import(state_dir: Path, name: str) -> None:

@@ -103,6 +103,41 @@ def test_recommitting_an_input_folder_with_other_content_changes_the_fingerprint
     assert lineage_of(config, storage)["fingerprint"] != before["fingerprint"]
 
 
+def judge_config(inputs, candidates, shards=None):
+    """Judge of 2 shards reading 2 candidate shards; `shards`: the ones this process runs."""
+    return StageConfig.model_validate(stage_config(
+        stage="judge", inputs={"model": inputs["model"], "candidates": candidates}, inputShards={"candidates": 2},
+        outputs={"judgements": "unused-j", "pairs": "unused-p"}, shardCount=2, shards=shards, spec={"judge": {"samples": 3}}))
+
+
+def commit_candidates(storage, candidates, index, fingerprint, rows):
+    stamped = storage.with_lineage({"fingerprint": fingerprint})
+    commit_rows(stamped, shard_folder(candidates, index, 2), rows)
+
+
+def test_a_sharded_input_is_the_same_input_to_every_shard_that_reads_it(tmp_path, storage, inputs):
+    """Pod i of a generate+judge Job judges shard i while shard j may not be written yet."""
+    candidates = str(tmp_path / "iter-02" / "candidates")
+    commit_candidates(storage, candidates, 0, "made-by-F", [{"c": "a"}])
+    judged_first = lineage_of(judge_config(inputs, candidates, shards=[0]), storage)
+
+    commit_candidates(storage, candidates, 1, "made-by-F", [{"c": "b"}, {"c": "c"}])
+    judged_second = lineage_of(judge_config(inputs, candidates, shards=[1]), storage)
+    judged_together = lineage_of(judge_config(inputs, candidates), storage)
+
+    assert judged_first["fingerprint"] == judged_second["fingerprint"] == judged_together["fingerprint"]
+
+
+def test_a_sharded_input_made_from_other_inputs_changes_the_fingerprint(tmp_path, storage, inputs):
+    candidates = str(tmp_path / "iter-02" / "candidates")
+    commit_candidates(storage, candidates, 0, "made-by-F", [{"c": "a"}])
+    before = lineage_of(judge_config(inputs, candidates, shards=[0]), storage)
+
+    commit_candidates(storage, candidates, 0, "made-by-G", [{"c": "a"}])
+
+    assert lineage_of(judge_config(inputs, candidates, shards=[0]), storage)["fingerprint"] != before["fingerprint"]
+
+
 def test_a_missing_input_is_refused_by_name(tmp_path, storage, inputs):
     config = config_of({**inputs, "prompts": str(tmp_path / "nowhere.jsonl")}, str(tmp_path / "out"))
 

@@ -46,11 +46,23 @@ def lineage_of(config: StageConfig, storage: Storage) -> dict[str, Any]:
 
     Inputs are recorded with their content identity (Storage.identity), so an input rewritten
     under the same URI (a seed file edited, a model uploaded again, an upstream stage redone)
-    changes the fingerprint of everything made from it.
+    changes the fingerprint of everything made from it. A sharded input is recorded by the
+    fingerprint of the shards read (what made them), the same whichever shard reads it.
     """
 
     def described(uri: str) -> dict[str, str]:
         return {"uri": uri, "identity": storage.identity(uri)}
+
+    def described_sharded(name: str, uri: str) -> dict[str, str]:
+        # A sharded input (candidates, pairs) is known by the fingerprint its shards were made with,
+        # read from the shards this process reads: shard i when the stage is sharded like it (judge
+        # shard i reads candidates shard i), else all. Not by its files: in a Job whose pod i runs
+        # generate then judge of shard i, a sibling's candidates may not exist yet, and every shard
+        # of a consistent artifact carries the same fingerprint.
+        count = config.input_shard_count(name)
+        indexes = config.shard_indexes() if count == config.shard_count else range(count)
+        made = {(storage.read_manifest(shard_folder(uri, index, count)) or {}).get("fingerprint", "") for index in indexes}
+        return {"uri": uri, "identity": sha256_json({"shards": count, "fingerprints": sorted(made)})}
 
     made_from = {
         "program": f"selfreward-trainer {program_version()}",
@@ -58,7 +70,8 @@ def lineage_of(config: StageConfig, storage: Storage) -> dict[str, Any]:
         "randomSeed": config.random_seed,
         "spec": config.spec,
         "inputs": {
-            name: [described(uri) for uri in value] if isinstance(value, list) else described(value)
+            name: [described(uri) for uri in value] if isinstance(value, list)
+            else described_sharded(name, value) if name in config.input_shards else described(value)
             for name, value in sorted(config.inputs.items())
         },
     }
