@@ -433,10 +433,11 @@ IMAGE_VERSION = "0.1.0"
 
 def project_images(*names: str) -> dict[str, str]:
     """Build (or find cached) the project's images; content-keyed name -> the name pods use."""
+    # Build output goes to stderr (minutes the first time), so `up`'s stdout stays two export lines.
     built = subprocess.run(["bash", str(HERE.parent / "images" / "build.sh"), *names],
-                           capture_output=True, text=True)
+                           stdout=subprocess.PIPE, text=True)
     if built.returncode != 0:
-        raise RuntimeError(f"images/build.sh {' '.join(names)} failed:\n{built.stderr[-4000:]}")
+        raise RuntimeError(f"images/build.sh {' '.join(names)} failed (its output is above)")
     tags = dict(line.split() for line in built.stdout.splitlines() if line.strip())
     return {tags[name]: f"localhost/selfreward-{name}:{IMAGE_VERSION}" for name in names}
 

@@ -28,6 +28,15 @@ def collect(storage, spec: dict[str, Any], root: str) -> list[dict[str, Any]]:
                 identities[uri] = None
         return identities[uri]
 
+    def current_input(item: dict[str, Any]) -> str | None:
+        """What the input holds now, by the rule it was recorded with (a sharded input: by the
+        fingerprints its shards were made with)."""
+        if "shards" not in item:
+            return current(item["uri"])
+        from selfreward.trainer.stagekit import sharded_identity
+
+        return sharded_identity(storage, item["uri"], item["shards"], list(range(item["shards"])))
+
     entries = []
     for iteration in range(1, spec["iterations"] + 1):
         for stage in planner.stages_of(iteration, spec):
@@ -41,7 +50,7 @@ def collect(storage, spec: dict[str, Any], root: str) -> list[dict[str, Any]]:
                 inputs = []
                 for input_name, value in sorted((made_from.get("inputs") or {}).items()):
                     for item in value if isinstance(value, list) else [value]:
-                        now = current(item["uri"])
+                        now = current_input(item)
                         inputs.append({"name": input_name, "uri": item["uri"], "identity": item["identity"],
                                        "current": "matches" if now == item["identity"] else ("missing" if now is None else "changed")})
                 entries.append({

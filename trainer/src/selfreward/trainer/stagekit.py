@@ -53,16 +53,12 @@ def lineage_of(config: StageConfig, storage: Storage) -> dict[str, Any]:
     def described(uri: str) -> dict[str, str]:
         return {"uri": uri, "identity": storage.identity(uri)}
 
-    def described_sharded(name: str, uri: str) -> dict[str, str]:
-        # A sharded input (candidates, pairs) is known by the fingerprint its shards were made with,
-        # read from the shards this process reads: shard i when the stage is sharded like it (judge
-        # shard i reads candidates shard i), else all. Not by its files: in a Job whose pod i runs
-        # generate then judge of shard i, a sibling's candidates may not exist yet, and every shard
-        # of a consistent artifact carries the same fingerprint.
+    def described_sharded(name: str, uri: str) -> dict[str, Any]:
+        # Shard i when the stage is sharded like its input (judge shard i reads candidates shard i),
+        # else every shard.
         count = config.input_shard_count(name)
-        indexes = config.shard_indexes() if count == config.shard_count else range(count)
-        made = {(storage.read_manifest(shard_folder(uri, index, count)) or {}).get("fingerprint", "") for index in indexes}
-        return {"uri": uri, "identity": sha256_json({"shards": count, "fingerprints": sorted(made)})}
+        read = config.shard_indexes() if count == config.shard_count else list(range(count))
+        return {"uri": uri, "identity": sharded_identity(storage, uri, count, read), "shards": count}
 
     made_from = {
         "program": f"selfreward-trainer {program_version()}",
@@ -76,6 +72,15 @@ def lineage_of(config: StageConfig, storage: Storage) -> dict[str, Any]:
         },
     }
     return {"fingerprint": sha256_json(made_from), "lineage": made_from}
+
+
+def sharded_identity(storage: Storage, folder: str, count: int, read: list[int]) -> str:
+    """A sharded input (candidates, pairs) as a stage reads it: the fingerprints its shards `read`
+    were made with. Not its files: in a Job whose pod i runs generate then judge of shard i, a
+    sibling's candidates may not exist yet, and every shard of a consistent artifact carries the
+    same fingerprint, so any shards read give the same identity once it is consistent."""
+    made = {(storage.read_manifest(shard_folder(folder, index, count)) or {}).get("fingerprint", "") for index in read}
+    return sha256_json({"shards": count, "fingerprints": sorted(made)})
 
 
 def changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
