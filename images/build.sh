@@ -109,7 +109,7 @@ build() {
   buildah tag "$tag" "localhost/selfreward-$image:$VERSION"
   # Earlier builds of this image (other input hashes) are only taking space now.
   local stale
-  for stale in $(buildah images --format '{{.Repository}}:{{.Tag}}' "localhost/selfreward-$image" 2>/dev/null); do
+  for stale in $(buildah images --format '{{.Name}}:{{.Tag}}' --filter "reference=localhost/selfreward-$image" 2>/dev/null); do
     [[ "$stale" == "$tag" || "$stale" == *":$VERSION" ]] || buildah rmi "$stale" >/dev/null 2>&1 || true
   done
   echo "$image $tag"
