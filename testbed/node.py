@@ -333,6 +333,11 @@ def _kill_containers(state_dir: Path) -> None:
         for task in ctr(state_dir, "tasks", "list", "--quiet", timeout=30).stdout.split():
             ctr(state_dir, "tasks", "delete", "--force", task, timeout=30)
         time.sleep(0.2)
+    # The containers' records too (kubelet would have collected them): each holds its image's
+    # snapshot, so an image replaced since could never be collected.
+    containers = ctr(state_dir, "containers", "list", "--quiet", timeout=30).stdout.split()
+    if containers:
+        ctr(state_dir, "containers", "delete", *containers, timeout=60)
 
 
 def _kill_shims(root: Path) -> None:
