@@ -14,6 +14,7 @@ cache dir across runs, so images imported once (the pause image, the project's i
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
@@ -21,6 +22,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -95,7 +97,7 @@ def start(state_dir: Path, cache_dir: Path, dirs: dict[str, Path], *, api_port: 
     if s3_port:
         routes.append(f"{NODE_IP}:{S3_PORT}={LOOPBACK}:{s3_port}")
     ready = root / "relay.ready"
-    relay = run("node-relay", [_python(), "-m", "testbed.relay", "--netns", str(NETNS_PATH), "--lock", str(LOCK),
+    relay = run("node-relay", [sys.executable, "-m", "testbed.relay", "--netns", str(NETNS_PATH), "--lock", str(LOCK),
                                "--ready", str(ready), *routes],
                 env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     wait_until(ready.exists, timeout, "node relay", proc=relay, log=logs / "node-relay.log")
@@ -128,12 +130,6 @@ def _claim_host_lock() -> None:
             lock.seek(0)
             raise RuntimeError(f"real node: another testbed runs one on this machine ({lock.read().strip()}); "
                                "stop it first (make testbed-down) or start this one without a node") from None
-
-
-def _python() -> str:
-    import sys
-
-    return sys.executable
 
 
 def _record_sysctls(root: Path) -> None:
@@ -329,8 +325,8 @@ def _kill_containers(state_dir: Path) -> None:
     for task in tasks.stdout.split():
         ctr(state_dir, "tasks", "kill", "--signal", "SIGKILL", task, timeout=30)
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and ctr(state_dir, "tasks", "list", "--quiet", timeout=30).stdout.strip():
-        for task in ctr(state_dir, "tasks", "list", "--quiet", timeout=30).stdout.split():
+    while (left := ctr(state_dir, "tasks", "list", "--quiet", timeout=30).stdout.split()) and time.monotonic() < deadline:
+        for task in left:
             ctr(state_dir, "tasks", "delete", "--force", task, timeout=30)
         time.sleep(0.2)
     # The containers' records too (kubelet would have collected them): each holds its image's
@@ -379,18 +375,10 @@ def _remove_cgroups() -> None:
         if not top.is_dir() or hierarchy.is_symlink():
             continue
         for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-            with _quiet():
+            with contextlib.suppress(OSError):
                 directory.rmdir()
-        with _quiet():
+        with contextlib.suppress(OSError):
             top.rmdir()
-
-
-class _quiet:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], OSError)
 
 
 def _restore_sysctls(root: Path) -> None:
@@ -398,6 +386,6 @@ def _restore_sysctls(root: Path) -> None:
     if not recorded.exists():
         return
     for key, value in json.loads(recorded.read_text()).items():
-        with _quiet():
+        with contextlib.suppress(OSError):
             (Path("/proc/sys") / key).write_text(value + "\n")
     recorded.unlink()

@@ -13,28 +13,21 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 import yaml
 
-from tests.fixtures.cluster import wait_for
+from tests.fixtures.cluster import RESTRICTED, wait_for
 from tests.fixtures.models import REPO, SEED
 from tests.fixtures.node import CPU_IMAGE, node_placement
 from tests.fixtures.operator import OperatorProcess, children, get_run, pods, stage
-from tests.fixtures.s3 import s3_client
+from tests.fixtures.s3 import s3_client, upload_model_folder
 
 pytestmark = pytest.mark.e2e
 
-RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 EXAMPLE = REPO / "examples" / "quickstart-cluster.yaml"
 RUN = "quickstart"
-
-
-def upload_folder(client, bucket: str, local: Path, prefix: str) -> None:
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
 
 
 def example_run(bucket: str, endpoint: str) -> dict:
@@ -70,7 +63,7 @@ def quickstart(cluster, srr_crd, real_node, tiny_model, tmp_path_factory) -> Ite
     bucket = f"quickstart-{uuid.uuid4().hex[:12]}"
     client = s3_client(real_node.s3)
     client.create_bucket(Bucket=bucket)
-    upload_folder(client, bucket, tiny_model, "models/tiny-llama")
+    upload_model_folder(client, bucket, tiny_model, "models/tiny-llama")
     for seed in sorted(SEED.glob("*.jsonl")):
         client.upload_file(str(seed), bucket, f"seed/{seed.name}")
     cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials", "namespace": namespace},

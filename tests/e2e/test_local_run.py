@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.fixtures.cluster import wait_for
-from tests.fixtures.s3 import s3_client, s3_env
+from tests.fixtures.s3 import s3_client, s3_env, upload_model_folder
 from tests.fixtures.models import REPO, SEED
 
 pytestmark = pytest.mark.e2e
@@ -51,13 +51,6 @@ def selfreward(*args: str, env: dict | None = None, timeout: float = 1500) -> su
 def stage_of(status: dict, iteration: int, stage: str) -> dict:
     entry = next(e for e in status["iterations"] if e["iteration"] == iteration)
     return next(s for s in entry["stages"] if s["name"] == stage)
-
-
-def upload_model_folder(client, bucket: str, local: Path, prefix: str) -> str:
-    """The model as a user uploads it with an ordinary S3 client: the files, no manifest."""
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
-    return f"s3://{bucket}/{prefix}"
 
 
 # Fewer SFT epochs than the quickstart: these tests check the loop's bookkeeping, not the model.

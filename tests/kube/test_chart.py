@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 
 from selfreward.operator.spec import GROUP, PLURAL
-from tests.fixtures.cluster import wait_for
+from tests.fixtures.cluster import RESTRICTED, wait_for
 from tests.fixtures.operator import RUN, OperatorProcess, Player, children, cluster_run, wait_for_phase
 
 pytestmark = pytest.mark.kube
 REPO = Path(__file__).resolve().parents[2]
 CHART = str(REPO / "charts" / "selfreward")
-RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 
 
 def render(cluster, *values: str, namespace: str = "selfreward", release: str = "sr") -> list[dict]:

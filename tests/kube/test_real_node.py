@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 from selfreward.operator import children
-from tests.fixtures.cluster import wait_for
+from tests.fixtures.cluster import RESTRICTED, wait_for
 from tests.fixtures.node import CPU_IMAGE, node_placement, on_real_node
 from tests.fixtures.s3 import s3_client
 
 pytestmark = pytest.mark.kube
 
-RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 
 # Runs in the pod: who it is, whether its root filesystem is writable, an S3 round trip through the
 # relay, and whether the control plane's loopback services answer it (they must not: the pod's
