@@ -44,7 +44,9 @@ testbed-build:
 images:
 	bash images/build.sh
 
-testbed: setup testbed-build
+# stdout is only the two export lines (eval "$(make -s testbed)"): the build's output goes to stderr.
+testbed: setup
+	@bash testbed/build.sh >&2
 	@PYTHON=$(CURDIR)/.venv/bin/python bash testbed/up.sh
 
 testbed-down:

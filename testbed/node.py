@@ -4,7 +4,8 @@ Everything the node runs lives in a network namespace the testbed makes (NETNS):
 interface holds the node's address, and the CNI bridge its pods' addresses, both in 198.18.0.0/15
 (reserved for network tests, not a private range). Nothing there can dial any other address: a
 relay (testbed/relay.py) forwards exactly two ports from inside to the host's loopback, the API
-server for kubelet and the S3 server for the pods. The node is labelled selfreward.io/pool=cpu-real
+server for kubelet and the S3 server for the pods, and answers the pods' DNS queries from a fixed
+table (DNS_NAMES). The node is labelled selfreward.io/pool=cpu-real
 and tainted, so only pods that ask for it land there.
 
 kubelet and containerd change host state: sysctls (recorded and restored), cgroups, mounts under
@@ -41,6 +42,10 @@ POD_SUBNET = "198.18.0.0/24"
 # What pods dial for the testbed's S3 server (the relay's port inside the namespace).
 S3_PORT = 9000
 S3_ENDPOINT = f"http://{NODE_IP}:{S3_PORT}"
+# Pods' DNS server (kubelet's clusterDNS, answered by the relay): the S3 server also answers to the
+# name a MinIO Service would have in a cluster, so examples/quickstart-cluster.yaml runs unchanged.
+DNS_PORT = 53
+DNS_NAMES = {"minio.minio.svc.cluster.local": NODE_IP}
 API_PORT = 6443
 LOCK = Path("/run/lock/selfreward-testbed-node.lock")
 SANDBOX_IMAGE = "localhost/selfreward-pause:3.10"
@@ -97,8 +102,9 @@ def start(state_dir: Path, cache_dir: Path, dirs: dict[str, Path], *, api_port: 
     if s3_port:
         routes.append(f"{NODE_IP}:{S3_PORT}={LOOPBACK}:{s3_port}")
     ready = root / "relay.ready"
+    names = [f"--name={name}={address}" for name, address in DNS_NAMES.items()]
     relay = run("node-relay", [sys.executable, "-m", "testbed.relay", "--netns", str(NETNS_PATH), "--lock", str(LOCK),
-                               "--ready", str(ready), *routes],
+                               "--ready", str(ready), f"--dns={NODE_IP}:{DNS_PORT}", *names, *routes],
                 env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     wait_until(ready.exists, timeout, "node relay", proc=relay, log=logs / "node-relay.log")
 
@@ -259,7 +265,7 @@ def _ensure_sandbox_image(state_dir: Path, pause: Path) -> None:
 
 def _kubelet_args(root: Path, kubeconfig: Path, pki: Path) -> list[str]:
     resolv = root / "resolv.conf"
-    resolv.write_text("")  # no cluster DNS and no resolver: pods dial addresses only
+    resolv.write_text("")  # the node itself resolves nothing; pods ask clusterDNS (the relay)
     config = root / "kubelet.yaml"
     config.write_text(json.dumps({
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
@@ -271,7 +277,7 @@ def _kubelet_args(root: Path, kubeconfig: Path, pki: Path) -> list[str]:
         "containerRuntimeEndpoint": f"unix://{root / 'containerd.sock'}",
         # cgroup v1 on these machines; containerd runs runc with cgroupfs too.
         "cgroupDriver": "cgroupfs", "failCgroupV1": False, "failSwapOn": False,
-        "resolvConf": str(resolv), "clusterDomain": "cluster.local",
+        "resolvConf": str(resolv), "clusterDomain": "cluster.local", "clusterDNS": [NODE_IP],
         "registerWithTaints": [TAINT], "maxPods": 16,
         # The images are imported, never pulled: keep them whatever the disk says.
         "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,

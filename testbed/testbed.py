@@ -2,6 +2,8 @@
 
     python3 -m testbed.testbed up      # build if needed, start, print two `export` lines
                                        # (--no-node, or SELFREWARD_TESTBED_NODE=0: no real node)
+                                       # with the node: ready for the cluster quickstart in the
+                                       # namespace default (testbed/quickstart.py)
     python3 -m testbed.testbed down    # stop everything started by `up` (pid files)
     python3 -m testbed.testbed status
 
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -94,12 +97,27 @@ class S3Server:
         wait_until(lambda: self._put_bucket(name), timeout, f"bucket {name}")
 
     def _put_bucket(self, name: str) -> bool:
-        """PUT a bucket (SigV4-signed with the stdlib, so `up` needs no boto3). Exists: fine."""
+        """PUT a bucket. Exists: fine. MinIO's 503 while it initialises: False (try again)."""
+        try:
+            self.put(f"/{name}", b"")
+        except urllib.error.HTTPError as e:
+            if e.code == 503:
+                return False
+            if e.code != 409:  # BucketAlreadyOwnedByYou
+                raise
+        return True
+
+    def put_object(self, bucket: str, key: str, body: bytes) -> None:
+        self.put(f"/{bucket}/{key}", body)
+
+    def put(self, path: str, body: bytes) -> None:
+        """A SigV4-signed PUT (the stdlib only, so `up` needs no boto3)."""
+        path = urllib.parse.quote(path, safe="/-_.~")
         now = datetime.datetime.now(datetime.timezone.utc)
         amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
         host = self.endpoint.split("://", 1)[1]
-        payload_hash = hashlib.sha256(b"").hexdigest()
-        canonical = "\n".join(["PUT", f"/{name}", "", f"host:{host}",
+        payload_hash = hashlib.sha256(body).hexdigest()
+        canonical = "\n".join(["PUT", path, "", f"host:{host}",
                                f"x-amz-content-sha256:{payload_hash}", f"x-amz-date:{amz_date}",
                                "", "host;x-amz-content-sha256;x-amz-date", payload_hash])
         scope = f"{day}/{self.region}/s3/aws4_request"
@@ -109,19 +127,12 @@ class S3Server:
         for part in (day, self.region, "s3", "aws4_request"):
             key = hmac.new(key, part.encode(), hashlib.sha256).digest()
         signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-        req = urllib.request.Request(f"{self.endpoint}/{name}", method="PUT", headers={
+        req = urllib.request.Request(f"{self.endpoint}{path}", data=body, method="PUT", headers={
             "x-amz-date": amz_date, "x-amz-content-sha256": payload_hash,
             "Authorization": (f"AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, "
                               "SignedHeaders=host;x-amz-content-sha256;x-amz-date, "
                               f"Signature={signature}")})
-        try:
-            urllib.request.urlopen(req, timeout=10).close()  # noqa: S310 - loopback only
-        except urllib.error.HTTPError as e:
-            if e.code == 503:  # still initialising: wait_until tries again
-                return False
-            if e.code != 409:  # BucketAlreadyOwnedByYou
-                raise
-        return True
+        urllib.request.urlopen(req, timeout=60).close()  # noqa: S310 - loopback only
 
 
 def start_minio(state_dir: Path, die_with_parent: bool = False, timeout: float = 60.0) -> S3Server:
@@ -701,7 +712,15 @@ def main(argv: list[str]) -> int:
         return 0
     if cmd == "up":
         with_node = "--no-node" not in argv[2:] and os.environ.get("SELFREWARD_TESTBED_NODE", "1") != "0"
-        print(up(with_node=with_node).exports())
+        tb = up(with_node=with_node)
+        if tb.node and tb.s3:
+            from testbed import quickstart
+
+            model = quickstart.build_tiny_model(tb.state_dir / "quickstart" / "tiny-llama")
+            quickstart.prepare(tb, tb.s3, "default", model)
+            print("testbed: the real node is up; `kubectl apply -f examples/quickstart-cluster.yaml` trains on it "
+                  "(an operator watches the namespace default)", file=sys.stderr)
+        print(tb.exports())
         return 0
     if cmd == "down":
         stopped = down()

@@ -1,9 +1,12 @@
-"""A whole run through the operator on the testbed's real node: the quickstart from
-examples/quickstart-cluster.yaml, applied with kubectl, its stages in pods of the project's own
-CPU image (vLLM on CPU, TRL), its artifacts in S3 reached through the node's relay, from SFT to
-M3. The operator is a process with the placement defaults a platform team would give it (the
-node's selector, toleration and image), so the run file is the example's own, with only its
-bucket and endpoint pointed at the testbed.
+"""A whole run through the operator on the testbed's real node: examples/quickstart-cluster.yaml,
+unchanged, applied with kubectl, its stages in pods of the project's own CPU image (vLLM on CPU,
+TRL), its artifacts in S3 under the example's own endpoint name (the node's DNS answers it with
+the relay's address), from SFT to M3.
+
+The namespace is made ready by testbed/quickstart.py, exactly as `make testbed` readies the
+namespace default for a user: the example's bucket seeded with the model and seed files, the
+credentials Secret, and an operator process with the placement defaults a platform team would
+give it (the node's selector, toleration and image).
 
 One run serves both tests, in order: while it goes, a running inference pod of iteration 2 is
 deleted (the stage must be retried and complete without a second copy of anything); then the
@@ -12,35 +15,26 @@ run must finish with M1..M3.
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Iterator
 
 import pytest
-import yaml
 
+from testbed import quickstart as testbed_quickstart
 from tests.fixtures.cluster import RESTRICTED, wait_for
-from tests.fixtures.models import REPO, SEED
-from tests.fixtures.node import CPU_IMAGE, node_placement
-from tests.fixtures.operator import OperatorProcess, children, get_run, pods, stage
-from tests.fixtures.s3 import s3_client, upload_model_folder
+from tests.fixtures.node import CPU_IMAGE
+from tests.fixtures.operator import children, get_run, pods, stage
+from tests.fixtures.s3 import s3_client
 
 pytestmark = pytest.mark.e2e
 
-EXAMPLE = REPO / "examples" / "quickstart-cluster.yaml"
 RUN = "quickstart"
-
-
-def example_run(bucket: str, endpoint: str) -> dict:
-    """The example as its header tells a user to adapt it: their bucket, their S3 endpoint."""
-    run = yaml.safe_load(EXAMPLE.read_text().replace("s3://selfreward/", f"s3://{bucket}/"))
-    run["spec"]["storage"]["endpoint"] = endpoint
-    return run
+BUCKET = testbed_quickstart.BUCKET
 
 
 class QuickstartOnTheNode:
-    def __init__(self, cluster, real_node, namespace: str, bucket: str, operator: OperatorProcess):
+    def __init__(self, cluster, real_node, namespace: str, operator: testbed_quickstart.QuickstartOperator):
         self.cluster, self.real_node = cluster, real_node
-        self.namespace, self.bucket, self.operator = namespace, bucket, operator
+        self.namespace, self.operator = namespace, operator
 
     def run(self) -> dict:
         return get_run(self.cluster, self.namespace, RUN)
@@ -51,32 +45,19 @@ class QuickstartOnTheNode:
 
     def keys(self, prefix: str) -> list[str]:
         pages = s3_client(self.real_node.s3).get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=f"runs/{self.namespace}/{RUN}/{prefix}")
+            Bucket=BUCKET, Prefix=f"runs/{self.namespace}/{RUN}/{prefix}")
         return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
 @pytest.fixture(scope="module")
-def quickstart(cluster, srr_crd, real_node, tiny_model, tmp_path_factory) -> Iterator[QuickstartOnTheNode]:
-    """The example applied in a Pod Security restricted namespace with its S3 credentials, the
-    model and seed files in a fresh bucket, and an operator watching the namespace."""
+def quickstart(cluster, srr_crd, real_node, tiny_model) -> Iterator[QuickstartOnTheNode]:
+    """The example applied as it is in a Pod Security restricted namespace readied by
+    testbed/quickstart.py."""
     namespace = cluster.create_namespace(labels=RESTRICTED)
-    bucket = f"quickstart-{uuid.uuid4().hex[:12]}"
-    client = s3_client(real_node.s3)
-    client.create_bucket(Bucket=bucket)
-    upload_model_folder(client, bucket, tiny_model, "models/tiny-llama")
-    for seed in sorted(SEED.glob("*.jsonl")):
-        client.upload_file(str(seed), bucket, f"seed/{seed.name}")
-    cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials", "namespace": namespace},
-                   "stringData": {"AWS_ACCESS_KEY_ID": real_node.s3.access_key,
-                                  "AWS_SECRET_ACCESS_KEY": real_node.s3.secret_key}})
-    work = tmp_path_factory.mktemp("quickstart-operator")
-    defaults = work / "placement-defaults.yaml"
-    on_node = {"image": CPU_IMAGE, **node_placement()}
-    defaults.write_text(yaml.safe_dump({"inference": on_node, "training": on_node}))
-    operator = OperatorProcess(srr_crd, work).start([namespace], "--placement-defaults", str(defaults))
-    cluster.apply(example_run(bucket, real_node.s3_endpoint), namespace=namespace)
+    operator = testbed_quickstart.prepare(cluster.testbed, real_node.s3, namespace, tiny_model, die_with_parent=True)
+    cluster.kubectl("apply", "-n", namespace, "-f", str(testbed_quickstart.EXAMPLE))
     try:
-        yield QuickstartOnTheNode(cluster, real_node, namespace, bucket, operator)
+        yield QuickstartOnTheNode(cluster, real_node, namespace, operator)
     finally:
         operator.stop()
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
@@ -126,7 +107,7 @@ def test_the_quickstart_trains_m1_to_m3_in_real_pods(quickstart):
     status = run["status"]
     assert status["phase"] == "Succeeded", json.dumps(status, indent=1)[-6000:] + quickstart.operator.log()[-4000:]
 
-    root = f"s3://{quickstart.bucket}/runs/{quickstart.namespace}/{RUN}"
+    root = f"s3://{BUCKET}/runs/{quickstart.namespace}/{RUN}"
     assert [entry["model"] for entry in status["iterations"]] == [f"{root}/iter-{i:02d}/model" for i in (1, 2, 3)]
     assert stage(status, 1, "sft")["metrics"]["examples"] > 0
     for iteration in (2, 3):

@@ -12,13 +12,15 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
 
 from tests.fixtures.cluster import wait_for
-from tests.fixtures.s3 import s3_client, s3_env, upload_model_folder
+from tests.fixtures.s3 import fresh_bucket, s3_client, s3_env, upload_model_folder
 from tests.fixtures.models import REPO, SEED
 
 pytestmark = pytest.mark.e2e
@@ -57,35 +59,48 @@ def stage_of(status: dict, iteration: int, stage: str) -> dict:
 FAST_SFT = {"sft__epochs": 2, "sft__checkpointEvery": 8}
 
 
-@pytest.fixture
-def s3_run(s3_server, s3_bucket, tiny_model, tmp_path):
-    base = upload_model_folder(s3_client(s3_server), s3_bucket, tiny_model, "models/tiny")
+@dataclass
+class ResumedRun:
+    """A 2-iteration run killed (SIGKILL) while its judge stage was running, then finished by the
+    same command; later tests edit its spec and run it again."""
+    run_file: Path
+    env: dict
+    state: Path
+    interrupted: dict  # the status the killed run left
+    resumed: subprocess.CompletedProcess
+    final: dict  # the status once the same command finished it
+
+
+@pytest.fixture(scope="module")
+def module_bucket(s3_server) -> Iterator[str]:
+    with fresh_bucket(s3_server) as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def resumed_run(s3_server, module_bucket, tiny_model, tmp_path_factory) -> ResumedRun:
+    tmp_path, bucket = tmp_path_factory.mktemp("resumed-run"), module_bucket
+    client = s3_client(s3_server)
+    base = upload_model_folder(client, bucket, tiny_model, "models/tiny")
     run = quickstart_with(
         tmp_path,
         iterations=2,
         baseModel__uri=base,
-        storage__uri=f"s3://{s3_bucket}/runs",
+        storage__uri=f"s3://{bucket}/runs",
         storage__endpoint=s3_server.endpoint,
         **FAST_SFT,
     )
+    run_file, state = write_run(tmp_path, run), tmp_path / "state"
     env = s3_env(s3_server) | {"SELFREWARD_WORKDIR": str(tmp_path / "work"), "SELFREWARD_CACHE": str(tmp_path / "cache")}
-    return write_run(tmp_path, run), env, tmp_path / "state"
-
-
-def test_sigkill_during_judge_then_the_same_command_finishes(s3_run, s3_server, s3_bucket):
-    """Also: the base model is a plain folder uploaded without a manifest, and M1 trains from it."""
-    run_file, env, state = s3_run
-    status_file = state / "default" / "quickstart" / "status.json"
     first = subprocess.Popen(
         [*SELFREWARD, "--state-dir", str(state), "run", str(run_file)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, **env, "SELFREWARD_FAILPOINT": "judge/0"},
     )
-    client = s3_client(s3_server)
     shard0 = "runs/default/quickstart/iter-02/judgements/shard-00000-of-00002/_manifest.json"
 
     def shard0_committed_or_run_ended():
-        return first.poll() is not None or client.list_objects_v2(Bucket=s3_bucket, Prefix=shard0)["KeyCount"] == 1
+        return first.poll() is not None or client.list_objects_v2(Bucket=bucket, Prefix=shard0)["KeyCount"] == 1
 
     try:
         wait_for(shard0_committed_or_run_ended, 1200, "judge shard 0 to commit")
@@ -93,21 +108,25 @@ def test_sigkill_during_judge_then_the_same_command_finishes(s3_run, s3_server, 
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-
-    interrupted = json.loads(status_file.read_text())
-    assert stage_of(interrupted, 2, "judge")["state"] == "Running"
-
-    second = selfreward("--state-dir", str(state), "run", str(run_file), env=env)
-    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
-    assert "shard 0 already committed, skipped" in second.stdout
-
+    interrupted = json.loads((state / "default" / "quickstart" / "status.json").read_text())
+    resumed = selfreward("--state-dir", str(state), "run", str(run_file), env=env)
     final = json.loads(selfreward("--state-dir", str(state), "status", str(run_file), "-o", "json").stdout)
+    return ResumedRun(run_file, env, state, interrupted, resumed, final)
+
+
+def test_sigkill_during_judge_then_the_same_command_finishes(resumed_run, s3_server):
+    """Also: the base model is a plain folder uploaded without a manifest, and M1 trains from it."""
+    interrupted, final = resumed_run.interrupted, resumed_run.final
+    assert stage_of(interrupted, 2, "judge")["state"] == "Running"
+    assert resumed_run.resumed.returncode == 0, resumed_run.resumed.stdout[-4000:] + resumed_run.resumed.stderr[-4000:]
+    assert "shard 0 already committed, skipped" in resumed_run.resumed.stdout
+
     assert final["phase"] == "Succeeded"
     assert stage_of(final, 1, "sft") == stage_of(interrupted, 1, "sft")  # committed work was not redone
     assert stage_of(final, 1, "sft")["metrics"]["examples"] == 90
+    storage = yaml.safe_load(resumed_run.run_file.read_text())["spec"]["storage"]["uri"]
     models = [e.get("model") for e in final["iterations"]]
-    assert models == [f"s3://{s3_bucket}/runs/default/quickstart/iter-01/model",
-                      f"s3://{s3_bucket}/runs/default/quickstart/iter-02/model"]
+    assert models == [f"{storage}/default/quickstart/iter-01/model", f"{storage}/default/quickstart/iter-02/model"]
     iteration2 = {s["name"]: s for s in final["iterations"][1]["stages"]}
     assert iteration2["judge"]["metrics"]["pairs"] > 0
     assert iteration2["judge"]["skippedShards"] == [0]
@@ -146,12 +165,12 @@ def test_malformed_seed_line_is_refused_with_file_and_line(tmp_path):
     assert not (tmp_path / "state").exists()
 
 
-def test_a_spec_edit_reruns_what_it_changed_and_reuses_the_rest(s3_run, s3_server, s3_bucket):
-    run_file, env, state = s3_run
-    first = selfreward("--state-dir", str(state), "run", str(run_file), env=env)
-    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
-    before = json.loads(selfreward("--state-dir", str(state), "status", str(run_file), "-o", "json").stdout)
+def test_a_spec_edit_reruns_what_it_changed_and_reuses_the_rest(resumed_run, s3_server):
+    run_file, env, state, before = resumed_run.run_file, resumed_run.env, resumed_run.state, resumed_run.final
+    assert before["phase"] == "Succeeded"
     edited = yaml.safe_load(run_file.read_text())
+    storage = edited["spec"]["storage"]["uri"]
+    bucket = storage.removeprefix("s3://").split("/")[0]
     edited["spec"]["judge"]["samples"] = 2
     run_file.write_text(yaml.safe_dump(edited))
 
@@ -164,23 +183,23 @@ def test_a_spec_edit_reruns_what_it_changed_and_reuses_the_rest(s3_run, s3_serve
     for unchanged in ((1, "sft"), (2, "instruct"), (2, "generate")):
         assert stage_of(after, *unchanged) == stage_of(before, *unchanged), unchanged
     for rerun in ((1, "evaluate"), (2, "judge"), (2, "dpo"), (2, "evaluate")):  # evaluate judges with K samples too
-        assert stage_of(after, *rerun)["attempt"] == 2, rerun
+        assert stage_of(after, *rerun)["attempt"] == stage_of(before, *rerun)["attempt"] + 1, rerun
     judge = stage_of(after, 2, "judge")["metrics"]
     assert judge["judgements"] == judge["candidates"] * 2
     storage_key = "runs/default/quickstart/iter-02/judgements/shard-00000-of-00002/_manifest.json"
-    manifest = json.loads(s3_client(s3_server).get_object(Bucket=s3_bucket, Key=storage_key)["Body"].read())
+    manifest = json.loads(s3_client(s3_server).get_object(Bucket=bucket, Key=storage_key)["Body"].read())
     assert manifest["lineage"]["spec"]["judge"]["samples"] == 2
 
     lineage = json.loads(selfreward("--state-dir", str(state), "lineage", str(run_file), "-o", "json", env=env).stdout)
     made = {(e["iteration"], e["stage"], e["output"]): e for e in lineage}
     m2 = made[(2, "dpo", "model")]
     assert [(i["name"], i["uri"], i["current"]) for i in m2["inputs"]] == [
-        ("model", f"s3://{s3_bucket}/runs/default/quickstart/iter-01/model", "matches"),
-        ("pairs", f"s3://{s3_bucket}/runs/default/quickstart/iter-02/pairs", "matches"),
+        ("model", f"{storage}/default/quickstart/iter-01/model", "matches"),
+        ("pairs", f"{storage}/default/quickstart/iter-02/pairs", "matches"),
     ]
     assert [i["uri"] for i in made[(2, "judge", "pairs")]["inputs"]] == [
-        f"s3://{s3_bucket}/runs/default/quickstart/iter-02/candidates", f"s3://{s3_bucket}/runs/default/quickstart/iter-01/model"]
-    assert made[(1, "sft", "model")]["inputs"][2]["uri"] == f"s3://{s3_bucket}/models/tiny"
+        f"{storage}/default/quickstart/iter-02/candidates", f"{storage}/default/quickstart/iter-01/model"]
+    assert made[(1, "sft", "model")]["inputs"][2]["uri"] == f"s3://{bucket}/models/tiny"
 
 
 def test_training_resumes_from_its_committed_checkpoint_after_the_scratch_is_deleted(s3_server, s3_bucket, tiny_model, tmp_path):

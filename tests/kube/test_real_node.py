@@ -1,7 +1,7 @@
 """The testbed's real node: kubelet and containerd run pods of the project's own images, as the
 operator's worker pods run (restricted namespace, uid 1000, read-only root filesystem, no
-service-account token), and those pods reach the S3 server through the node's relay and nothing
-else. Stopping the node gives the host back as it was.
+service-account token), and those pods reach the S3 server through the node's relay, by the name
+the node's DNS gives it, and nothing else. Stopping the node gives the host back as it was.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from tests.fixtures.s3 import s3_client
 pytestmark = pytest.mark.kube
 
 
-# Runs in the pod: who it is, whether its root filesystem is writable, an S3 round trip through the
-# relay, and whether the control plane's loopback services answer it (they must not: the pod's
-# 127.0.0.1 is its own). It dials nothing outside the node's network namespace.
+# Runs in the pod: who it is, whether its root filesystem is writable, what its DNS answers, an S3
+# round trip through the relay, and whether the control plane's loopback services answer it (they
+# must not: the pod's 127.0.0.1 is its own). It dials nothing outside the node's network namespace.
 PROBE = r"""
 import json, os, socket, boto3
 from botocore.config import Config
@@ -33,6 +33,12 @@ def reachable(host, port):
     except OSError:
         return False
 
+def resolved(name):
+    try:
+        return socket.gethostbyname(name)
+    except OSError:
+        return None
+
 try:
     open("/written", "w")
     root_writable = True
@@ -42,7 +48,8 @@ s3 = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT"], config=Config(s3
 s3.put_object(Bucket=os.environ["BUCKET"], Key="from-the-pod", Body=str(os.getuid()).encode())
 report = {"uid": os.getuid(), "root_writable": root_writable,
           "token": os.path.exists("/var/run/secrets/kubernetes.io/serviceaccount/token"),
-          "apiserver": reachable("127.0.0.1", int(os.environ["API_PORT"]))}
+          "apiserver": reachable("127.0.0.1", int(os.environ["API_PORT"])),
+          "dns": {"s3": resolved(os.environ["S3_HOST"]), "elsewhere": resolved("example.com")}}
 open("/dev/termination-log", "w").write(json.dumps(report))
 """
 
@@ -61,6 +68,7 @@ def probe_pod(name: str, bucket: str, s3_endpoint: str, api_port: int) -> dict:
                 "name": "probe", "image": CPU_IMAGE, "imagePullPolicy": "Never",
                 "command": ["python", "-c", PROBE],
                 "env": [{"name": "S3_ENDPOINT", "value": s3_endpoint}, {"name": "BUCKET", "value": bucket},
+                        {"name": "S3_HOST", "value": s3_endpoint.split("://")[1].split(":")[0]},
                         {"name": "API_PORT", "value": str(api_port)},
                         *[{"name": key, "valueFrom": {"secretKeyRef": {"name": "s3", "key": key}}}
                           for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")],
@@ -89,19 +97,24 @@ def test_the_real_node_is_ready_and_takes_only_pods_that_ask_for_it(cluster, rea
 
 
 def test_a_pod_of_the_cpu_image_runs_restricted_and_reaches_only_the_s3_server(cluster, real_node, node_bucket):
+    from testbed import node
+
     namespace = cluster.create_namespace(labels=RESTRICTED)
     server = real_node.s3
     cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3", "namespace": namespace},
                    "stringData": {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}})
     api_port = int(cluster.server.rsplit(":", 1)[1])
-    cluster.apply(probe_pod("probe", node_bucket, real_node.s3_endpoint, api_port), namespace=namespace)
+    [s3_name] = node.DNS_NAMES  # the S3 server by the name a cluster's MinIO Service has
+    s3_by_name = f"http://{s3_name}:{node.S3_PORT}"
+    cluster.apply(probe_pod("probe", node_bucket, s3_by_name, api_port), namespace=namespace)
 
     pod = wait_for(lambda: finished(cluster, namespace, "probe"), 180, "the probe pod finished")
     terminated = pod.status.container_statuses[0].state.terminated
     assert pod.status.phase == "Succeeded", terminated.message
     assert pod.spec.node_name == real_node.name
     assert json.loads(terminated.message) == {"uid": children.WORKER_UID, "root_writable": False,
-                                              "token": False, "apiserver": False}
+                                              "token": False, "apiserver": False,
+                                              "dns": {"s3": node.NODE_IP, "elsewhere": None}}
     body = s3_client(server).get_object(Bucket=node_bucket, Key="from-the-pod")["Body"].read()
     assert body == str(children.WORKER_UID).encode()
 

@@ -40,3 +40,11 @@ def test_env_vars_configure_a_default_boto3_client(s3_server, s3_bucket, monkeyp
 
 def test_fresh_buckets_are_distinct_and_empty(s3_server, s3_bucket):
     assert "Contents" not in s3_client(s3_server).list_objects_v2(Bucket=s3_bucket)
+
+
+def test_the_testbeds_own_signed_put_stores_what_boto3_reads(s3_server, s3_bucket):
+    """`testbed up` seeds the quickstart's bucket without boto3 (testbed/ is stdlib only)."""
+    body = bytes(range(256)) * 64
+    s3_server.put_object(s3_bucket, "models/tiny llama/model+1.safetensors", body)
+    got = s3_client(s3_server).get_object(Bucket=s3_bucket, Key="models/tiny llama/model+1.safetensors")["Body"].read()
+    assert got == body
