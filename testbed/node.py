@@ -9,7 +9,7 @@ table (DNS_NAMES). The node is labelled selfreward.io/pool=cpu-real
 and tainted, so only pods that ask for it land there.
 
 kubelet and containerd change host state: sysctls (recorded and restored), cgroups, mounts under
-the state dir, the namespace. `stop` undoes all of it. A host-wide lock, held by the relay, keeps a
+the state dir, the namespaces (the node's and its pods'). `stop` undoes all of it. A host-wide lock, held by the relay, keeps a
 second testbed from starting a node beside a running one. containerd's image store is kept in the
 cache dir across runs, so images imported once (the pause image, the project's images) stay.
 """
@@ -166,6 +166,21 @@ def _delete_netns() -> None:
         subprocess.run(["ip", "netns", "delete", NETNS], capture_output=True)
 
 
+def pod_netns(root: Path) -> list[Path]:
+    """The pods' network namespaces (containerd's CNI makes them as /run/netns/cni-*) made since
+    this node started: the CRI removes one with its sandbox, but not when containerd is stopped
+    while the pod runs."""
+    started = root / "host-sysctls.json"  # written first thing at start
+    if not started.exists():
+        return []
+    return [path for path in NETNS_PATH.parent.glob("cni-*") if path.stat().st_mtime >= started.stat().st_mtime]
+
+
+def _delete_pod_netns(root: Path) -> None:
+    for path in pod_netns(root):
+        subprocess.run(["ip", "netns", "delete", path.name], capture_output=True)
+
+
 def _write_containerd_config(root: Path, image_root: Path) -> Path:
     cni_conf = root / "cni"
     cni_conf.mkdir()
@@ -319,6 +334,7 @@ def stop(state_dir: Path) -> list[str]:
     _kill_shims(root)
     _unmount_under(root)
     _remove_cgroups()
+    _delete_pod_netns(root)
     _delete_netns()
     if stop_pidfile(pids / "node-relay.pid"):
         stopped.append("node-relay")

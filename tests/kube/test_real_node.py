@@ -119,14 +119,30 @@ def test_a_pod_of_the_cpu_image_runs_restricted_and_reaches_only_the_s3_server(c
     assert body == str(children.WORKER_UID).encode()
 
 
+def sleeper_pod() -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleeper"},
+            "spec": on_real_node({"restartPolicy": "Never", "automountServiceAccountToken": False,
+                                  "containers": [{"name": "sleep", "image": CPU_IMAGE, "imagePullPolicy": "Never",
+                                                  "command": ["sleep", "600"]}]})}
+
+
 def test_stopping_the_node_gives_the_host_back_and_it_starts_again(cluster, real_node):
+    """Stopped while a pod runs, as when a test session is cut short."""
     from testbed import node, testbed
 
+    namespace = cluster.create_namespace()
+    cluster.apply(sleeper_pod(), namespace=namespace)
+    wait_for(lambda: cluster.core().read_namespaced_pod("sleeper", namespace).status.phase == "Running", 120,
+             "the sleeper pod running")
     state_dir = cluster.testbed.state_dir
-    recorded = json.loads((node.node_dir(state_dir) / "host-sysctls.json").read_text())
+    root = node.node_dir(state_dir)
+    recorded = json.loads((root / "host-sysctls.json").read_text())
+    netns_of_pods = node.pod_netns(root)
+    assert netns_of_pods and shims_of(root)  # the running pod's
     testbed.stop_node(state_dir)
 
-    assert not node.NETNS_PATH.exists()
+    assert not node.NETNS_PATH.exists() and not any(path.exists() for path in netns_of_pods)
+    assert not shims_of(root)
     assert not any(point.startswith(str(node.node_dir(state_dir))) for point in mount_points())
     assert not any((hierarchy / "kubepods").exists() for hierarchy in node.CGROUP_ROOT.iterdir())
     assert {key: (Path("/proc/sys") / key).read_text().strip() for key in recorded} == recorded
@@ -135,6 +151,7 @@ def test_stopping_the_node_gives_the_host_back_and_it_starts_again(cluster, real
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         fcntl.flock(lock, fcntl.LOCK_UN)
 
+    cluster.kubectl("delete", "pod", "sleeper", "-n", namespace, "--grace-period=0", "--force", check=False)
     real_node.restart(cluster)
     wait_for(lambda: {c.type: c.status for c in cluster.core().read_node(real_node.name).status.conditions}["Ready"] == "True",
              120, "the node Ready again")
@@ -143,3 +160,16 @@ def test_stopping_the_node_gives_the_host_back_and_it_starts_again(cluster, real
 def mount_points() -> list[str]:
     with open("/proc/self/mountinfo") as f:
         return [line.split()[4] for line in f]
+
+
+def shims_of(node_root: Path) -> list[str]:
+    """Live containerd shims of the node (a zombie's command line is empty: not counted)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
+        except OSError:
+            continue
+        if b"containerd-shim" in cmdline and str(node_root).encode() in cmdline:
+            found.append(proc.name)
+    return found
