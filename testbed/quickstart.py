@@ -22,6 +22,7 @@ from pathlib import Path
 
 from testbed import node
 from testbed.proc import LOOPBACK, free_port, http_ok, spawn, stop_pidfile, wait_until
+from testbed.testbed import _kubectl
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "quickstart-cluster.yaml"
@@ -117,11 +118,7 @@ def start_operator(tb, namespaces: list[str], die_with_parent: bool = False, tim
 
 
 def kubectl(tb, *args: str, stdin: str | None = None) -> str:
-    done = subprocess.run([str(tb.bin_dir / "kubectl"), "--kubeconfig", str(tb.kubeconfig), *args],
-                          input=stdin, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"kubectl {args[0]}: {done.stderr.strip()}")
-    return done.stdout
+    return _kubectl(tb.bin_dir, tb.kubeconfig, *args, stdin=stdin)
 
 
 def install_crd(tb) -> None:
