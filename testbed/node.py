@@ -173,7 +173,8 @@ def pod_netns(root: Path) -> list[Path]:
     started = root / "host-sysctls.json"  # written first thing at start
     if not started.exists():
         return []
-    return [path for path in NETNS_PATH.parent.glob("cni-*") if path.stat().st_mtime >= started.stat().st_mtime]
+    since = started.stat().st_mtime
+    return [path for path in NETNS_PATH.parent.glob("cni-*") if path.stat().st_mtime >= since]
 
 
 def _delete_pod_netns(root: Path) -> None:

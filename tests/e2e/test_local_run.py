@@ -66,6 +66,8 @@ class ResumedRun:
     run_file: Path
     env: dict
     state: Path
+    bucket: str
+    storage: str  # the run's storage.uri
     interrupted: dict  # the status the killed run left
     resumed: subprocess.CompletedProcess
     final: dict  # the status once the same command finished it
@@ -82,11 +84,12 @@ def resumed_run(s3_server, module_bucket, tiny_model, tmp_path_factory) -> Resum
     tmp_path, bucket = tmp_path_factory.mktemp("resumed-run"), module_bucket
     client = s3_client(s3_server)
     base = upload_model_folder(client, bucket, tiny_model, "models/tiny")
+    storage = f"s3://{bucket}/runs"
     run = quickstart_with(
         tmp_path,
         iterations=2,
         baseModel__uri=base,
-        storage__uri=f"s3://{bucket}/runs",
+        storage__uri=storage,
         storage__endpoint=s3_server.endpoint,
         **FAST_SFT,
     )
@@ -111,7 +114,7 @@ def resumed_run(s3_server, module_bucket, tiny_model, tmp_path_factory) -> Resum
     interrupted = json.loads((state / "default" / "quickstart" / "status.json").read_text())
     resumed = selfreward("--state-dir", str(state), "run", str(run_file), env=env)
     final = json.loads(selfreward("--state-dir", str(state), "status", str(run_file), "-o", "json").stdout)
-    return ResumedRun(run_file, env, state, interrupted, resumed, final)
+    return ResumedRun(run_file, env, state, bucket, storage, interrupted, resumed, final)
 
 
 def test_sigkill_during_judge_then_the_same_command_finishes(resumed_run, s3_server):
@@ -124,7 +127,7 @@ def test_sigkill_during_judge_then_the_same_command_finishes(resumed_run, s3_ser
     assert final["phase"] == "Succeeded"
     assert stage_of(final, 1, "sft") == stage_of(interrupted, 1, "sft")  # committed work was not redone
     assert stage_of(final, 1, "sft")["metrics"]["examples"] == 90
-    storage = yaml.safe_load(resumed_run.run_file.read_text())["spec"]["storage"]["uri"]
+    storage = resumed_run.storage
     models = [e.get("model") for e in final["iterations"]]
     assert models == [f"{storage}/default/quickstart/iter-01/model", f"{storage}/default/quickstart/iter-02/model"]
     iteration2 = {s["name"]: s for s in final["iterations"][1]["stages"]}
@@ -167,10 +170,9 @@ def test_malformed_seed_line_is_refused_with_file_and_line(tmp_path):
 
 def test_a_spec_edit_reruns_what_it_changed_and_reuses_the_rest(resumed_run, s3_server):
     run_file, env, state, before = resumed_run.run_file, resumed_run.env, resumed_run.state, resumed_run.final
+    bucket, storage = resumed_run.bucket, resumed_run.storage
     assert before["phase"] == "Succeeded"
     edited = yaml.safe_load(run_file.read_text())
-    storage = edited["spec"]["storage"]["uri"]
-    bucket = storage.removeprefix("s3://").split("/")[0]
     edited["spec"]["judge"]["samples"] = 2
     run_file.write_text(yaml.safe_dump(edited))
 

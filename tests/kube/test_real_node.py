@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from selfreward.operator import children
+from testbed.quickstart import CREDENTIALS_SECRET, credentials_secret
 from tests.fixtures.cluster import RESTRICTED, wait_for
 from tests.fixtures.node import CPU_IMAGE, node_placement, on_real_node
 from tests.fixtures.s3 import s3_client
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.kube
 # round trip through the relay, and whether the control plane's loopback services answer it (they
 # must not: the pod's 127.0.0.1 is its own). It dials nothing outside the node's network namespace.
 PROBE = r"""
-import json, os, socket, boto3
+import json, os, socket, urllib.parse, boto3
 from botocore.config import Config
 
 def reachable(host, port):
@@ -49,7 +50,7 @@ s3.put_object(Bucket=os.environ["BUCKET"], Key="from-the-pod", Body=str(os.getui
 report = {"uid": os.getuid(), "root_writable": root_writable,
           "token": os.path.exists("/var/run/secrets/kubernetes.io/serviceaccount/token"),
           "apiserver": reachable("127.0.0.1", int(os.environ["API_PORT"])),
-          "dns": {"s3": resolved(os.environ["S3_HOST"]), "elsewhere": resolved("example.com")}}
+          "dns": {"s3": resolved(urllib.parse.urlsplit(os.environ["S3_ENDPOINT"]).hostname), "elsewhere": resolved("example.com")}}
 open("/dev/termination-log", "w").write(json.dumps(report))
 """
 
@@ -68,9 +69,8 @@ def probe_pod(name: str, bucket: str, s3_endpoint: str, api_port: int) -> dict:
                 "name": "probe", "image": CPU_IMAGE, "imagePullPolicy": "Never",
                 "command": ["python", "-c", PROBE],
                 "env": [{"name": "S3_ENDPOINT", "value": s3_endpoint}, {"name": "BUCKET", "value": bucket},
-                        {"name": "S3_HOST", "value": s3_endpoint.split("://")[1].split(":")[0]},
                         {"name": "API_PORT", "value": str(api_port)},
-                        *[{"name": key, "valueFrom": {"secretKeyRef": {"name": "s3", "key": key}}}
+                        *[{"name": key, "valueFrom": {"secretKeyRef": {"name": CREDENTIALS_SECRET, "key": key}}}
                           for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")],
                         {"name": "AWS_REGION", "value": "us-east-1"}],
                 "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
@@ -101,8 +101,7 @@ def test_a_pod_of_the_cpu_image_runs_restricted_and_reaches_only_the_s3_server(c
 
     namespace = cluster.create_namespace(labels=RESTRICTED)
     server = real_node.s3
-    cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3", "namespace": namespace},
-                   "stringData": {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}})
+    cluster.apply(credentials_secret(server, namespace))
     api_port = int(cluster.server.rsplit(":", 1)[1])
     [s3_name] = node.DNS_NAMES  # the S3 server by the name a cluster's MinIO Service has
     s3_by_name = f"http://{s3_name}:{node.S3_PORT}"
