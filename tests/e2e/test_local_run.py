@@ -57,6 +57,22 @@ def stage_of(status: dict, iteration: int, stage: str) -> dict:
 
 # Fewer SFT epochs than the quickstart: these tests check the loop's bookkeeping, not the model.
 FAST_SFT = {"sft__epochs": 2, "sft__checkpointEvery": 8}
+# Training as on a GPU node, on CPU: two processes under torchrun, DeepSpeed ZeRO-3 (the default
+# zeroStage), DPO's reference log-probs precomputed (the default). The global batch stays 8.
+TWO_PROCESSES = {"placement__training__processesPerReplica": 2, "sft__microBatchSize": 4, "dpo__microBatchSize": 4}
+
+
+def processes_running(marker: str) -> list[str]:
+    """Command lines on this machine that contain `marker` (a stage program's config names its bucket)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in text and "selfreward.trainer" in text:
+            found.append(text[:200])
+    return found
 
 
 @dataclass
@@ -92,6 +108,7 @@ def resumed_run(s3_server, module_bucket, tiny_model, tmp_path_factory) -> Resum
         storage__uri=storage,
         storage__endpoint=s3_server.endpoint,
         **FAST_SFT,
+        **TWO_PROCESSES,
     )
     run_file, state = write_run(tmp_path, run), tmp_path / "state"
     env = s3_env(s3_server) | {"SELFREWARD_WORKDIR": str(tmp_path / "work"), "SELFREWARD_CACHE": str(tmp_path / "cache")}
@@ -127,6 +144,8 @@ def test_sigkill_during_judge_then_the_same_command_finishes(resumed_run, s3_ser
     assert final["phase"] == "Succeeded"
     assert stage_of(final, 1, "sft") == stage_of(interrupted, 1, "sft")  # committed work was not redone
     assert stage_of(final, 1, "sft")["metrics"]["examples"] == 90
+    for stage in (stage_of(final, 1, "sft"), stage_of(final, 2, "dpo")):  # their models loaded in vLLM after
+        assert (stage["metrics"]["processes"], stage["metrics"]["zeroStage"]) == (2, 3)
     storage = resumed_run.storage
     models = [e.get("model") for e in final["iterations"]]
     assert models == [f"{storage}/default/quickstart/iter-01/model", f"{storage}/default/quickstart/iter-02/model"]
@@ -207,7 +226,7 @@ def test_a_spec_edit_reruns_what_it_changed_and_reuses_the_rest(resumed_run, s3_
 def test_training_resumes_from_its_committed_checkpoint_after_the_scratch_is_deleted(s3_server, s3_bucket, tiny_model, tmp_path):
     run = quickstart_with(
         tmp_path, iterations=1, baseModel__uri=str(tiny_model), storage__uri=f"s3://{s3_bucket}/runs",
-        storage__endpoint=s3_server.endpoint, evaluation__enabled=False, **FAST_SFT,
+        storage__endpoint=s3_server.endpoint, evaluation__enabled=False, **FAST_SFT, **TWO_PROCESSES,
     )
     run_file, state, work = write_run(tmp_path, run), tmp_path / "state", tmp_path / "work"
     env = s3_env(s3_server) | {"SELFREWARD_WORKDIR": str(work)}
@@ -233,6 +252,9 @@ def test_training_resumes_from_its_committed_checkpoint_after_the_scratch_is_del
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
+    # torchrun and both training processes die with the executor: none is left to write behind
+    # the next attempt's back.
+    wait_for(lambda: not processes_running(s3_bucket), 30, "the killed run's training processes to exit")
     torn = keys()
     assert "checkpoint-8/_manifest.json" in torn and "checkpoint-16/_manifest.json" not in torn
     shutil.rmtree(work)
@@ -243,6 +265,7 @@ def test_training_resumes_from_its_committed_checkpoint_after_the_scratch_is_del
     final = json.loads(selfreward("--state-dir", str(state), "status", str(run_file), "-o", "json").stdout)
     sft = stage_of(final, 1, "sft")
     assert (sft["metrics"]["resumedFromStep"], sft["metrics"]["steps"]) == (8, 24)
+    assert (sft["metrics"]["processes"], sft["metrics"]["zeroStage"]) == (2, 3)
     assert keys() == set()  # the model is committed; its checkpoints are gone
     saved = [p.name for p in work.rglob("checkpoint-*") if p.parent.name == "trainer"]
     assert saved == ["checkpoint-16"]  # none at the last step: the model is committed instead

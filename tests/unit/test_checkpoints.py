@@ -12,6 +12,7 @@ from selfreward.trainer.checkpoints import Committed
 from selfreward.trainer.storage import MANIFEST, IntegrityError, Storage, sha256_bytes
 
 FINGERPRINT = "fp-of-this-stage"
+LAYOUT = {"zeroStage": 3, "processes": 8}
 FILES = {"model.safetensors": b"weights", "optimizer.pt": b"optimizer", "rng/state.pt": b"rng"}
 
 
@@ -38,12 +39,18 @@ def torn(root, step):
     return saved(Path(checkpoints.folder(root, step)))
 
 
-def committed(storage, root, step, fingerprint=FINGERPRINT):
+def committed(storage, root, step, fingerprint=FINGERPRINT, layout=LAYOUT):
     """A committed checkpoint made by the stage with `fingerprint` (other checkpoints are kept)."""
     uri = checkpoints.folder(root, step)
     stamped = storage.with_lineage({"fingerprint": fingerprint, "lineage": {}})
-    stamped.commit(uri, stamped.upload_folder(torn(root, step), uri), stage="sft", step=step)
+    stamped.commit(uri, stamped.upload_folder(torn(root, step), uri), stage="sft", step=step, layout=layout)
     return Committed(step, uri)
+
+
+def commit(storage, root, scratch, step=200):
+    """What the training callback does on one node: upload its files, then commit."""
+    part = checkpoints.upload(storage, root, saved(scratch), step)
+    checkpoints.commit(storage, root, [part], step, "sft", LAYOUT)
 
 
 # --- choosing the checkpoint to resume from ---------------------------------------------------
@@ -53,21 +60,21 @@ def test_latest_is_the_newest_committed_checkpoint_of_the_stage(storage, root):
     committed(storage, root, 100)
     newest = committed(storage, root, 200)
 
-    assert checkpoints.latest(storage, root, FINGERPRINT) == newest
+    assert checkpoints.latest(storage, root, FINGERPRINT, LAYOUT) == newest
 
 
 def test_a_torn_checkpoint_is_never_chosen_even_when_newer(storage, root):
     newest = committed(storage, root, 200)
     torn(root, 300)
 
-    assert checkpoints.latest(storage, root, FINGERPRINT) == newest
+    assert checkpoints.latest(storage, root, FINGERPRINT, LAYOUT) == newest
 
 
 def test_a_checkpoint_of_another_fingerprint_is_never_chosen(storage, root):
     ours = committed(storage, root, 200)
     committed(storage, root, 300, fingerprint="made-from-other-inputs")
 
-    assert checkpoints.latest(storage, root, FINGERPRINT) == ours
+    assert checkpoints.latest(storage, root, FINGERPRINT, LAYOUT) == ours
 
 
 @pytest.mark.parametrize(
@@ -81,29 +88,47 @@ def test_a_checkpoint_of_another_fingerprint_is_never_chosen(storage, root):
 def test_without_a_checkpoint_of_the_stage_there_is_none_to_resume(storage, root, make_others):
     make_others(storage, root)
 
-    assert checkpoints.latest(storage, root, FINGERPRINT) is None
+    assert checkpoints.latest(storage, root, FINGERPRINT, LAYOUT) is None
+
+
+def test_a_checkpoint_saved_with_another_zero_stage_or_process_count_is_not_resumed(storage, root):
+    committed(storage, root, 300, layout={"zeroStage": 3, "processes": 16})
+
+    assert checkpoints.latest(storage, root, FINGERPRINT, LAYOUT) is None
+    assert checkpoints.latest(storage, root, FINGERPRINT, {"zeroStage": 3, "processes": 16}) is not None
 
 
 def test_steps_are_compared_as_numbers(storage, root):
     committed(storage, root, 900)
     newest = committed(storage, root, 1000)
 
-    assert checkpoints.latest(storage, root, FINGERPRINT) == newest
+    assert checkpoints.latest(storage, root, FINGERPRINT, LAYOUT) == newest
 
 
 # --- committing -------------------------------------------------------------------------------
 
 
 def test_commit_uploads_every_file_with_its_sha256_and_the_stages_fingerprint(storage, root, tmp_path):
-    checkpoints.commit(storage, root, saved(tmp_path / "scratch"), 200, "sft")
+    commit(storage, root, tmp_path / "scratch")
 
     manifest = storage.read_manifest(checkpoints.folder(root, 200))
     assert manifest["files"] == {name: sha256_bytes(data) for name, data in FILES.items()}
     assert (manifest["fingerprint"], manifest["stage"], manifest["step"]) == (FINGERPRINT, "sft", 200)
+    assert manifest["layout"] == LAYOUT
+
+
+def test_a_checkpoint_saved_on_several_nodes_lists_every_nodes_files(storage, root, tmp_path):
+    first = checkpoints.upload(storage, root, saved(tmp_path / "node-0", {"zero_rank_0.pt": b"0", "state.json": b"a"}), 200)
+    second = checkpoints.upload(storage, root, saved(tmp_path / "node-1", {"zero_rank_1.pt": b"1", "state.json": b"b"}), 200)
+
+    checkpoints.commit(storage, root, [first, second], 200, "sft", LAYOUT)
+
+    manifest = storage.read_manifest(checkpoints.folder(root, 200))
+    assert sorted(manifest["files"]) == ["state.json", "zero_rank_0.pt", "zero_rank_1.pt"]
 
 
 def test_commit_writes_the_manifest_after_every_file(storage, root, tmp_path):
-    checkpoints.commit(storage, root, saved(tmp_path / "scratch"), 200, "sft")
+    commit(storage, root, tmp_path / "scratch")
 
     folder = tmp_path / "iter-01" / "checkpoints" / "checkpoint-200"
     files = [path for path in folder.rglob("*") if path.is_file() and path.name != MANIFEST]
@@ -114,7 +139,7 @@ def test_commit_removes_every_other_checkpoint_of_the_stage(storage, root, tmp_p
     committed(storage, root, 100)
     torn(root, 300)
 
-    checkpoints.commit(storage, root, saved(tmp_path / "scratch"), 200, "sft")
+    commit(storage, root, tmp_path / "scratch")
 
     assert checkpoints.committed(storage, root) == [Committed(200, checkpoints.folder(root, 200))]
     assert sorted(p.name for p in (tmp_path / "iter-01" / "checkpoints").iterdir()) == ["checkpoint-200"]

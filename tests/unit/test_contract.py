@@ -12,6 +12,7 @@ from selfreward.trainer.contract import (
     Stage,
     StageConfig,
     parse_configs,
+    reports,
     summary_line,
 )
 from tests.builders import stage_config
@@ -59,6 +60,20 @@ def test_defaults_of_a_minimal_config():
     assert (parsed.attempt, parsed.shard_count, parsed.shards, parsed.processes) == (1, 1, None, 1)
 
 
+def test_how_a_stage_runs_defaults_to_one_plain_process_and_a_precomputed_reference():
+    execution = config().execution
+
+    assert (execution.zero_stage, execution.gradient_checkpointing, execution.reference) == (0, False, "precomputed")
+
+
+def test_how_a_stage_runs_is_read_from_the_config():
+    execution = config(execution={"zeroStage": 3, "checkpointEvery": 50, "gradientCheckpointing": True,
+                                  "reference": "model"}).execution
+
+    assert (execution.zero_stage, execution.checkpoint_every, execution.gradient_checkpointing,
+            execution.reference) == (3, 50, True, "model")
+
+
 def test_bad_json_is_refused():
     assert "not valid JSON" in refusal('{"stage": ')
 
@@ -72,6 +87,8 @@ def test_bad_json_is_refused():
         pytest.param(stage_config(stage="train"), "config.stage", id="unknown-stage"),
         pytest.param(stage_config(iteration=0), "config.iteration", id="iteration-zero"),
         pytest.param(stage_config(run=None), "config.run", id="missing-run"),
+        pytest.param(stage_config(execution={"zeroStage": 4}), "config.execution.zeroStage", id="zero-stage-4"),
+        pytest.param(stage_config(execution={"reference": "frozen"}), "config.execution.reference", id="unknown-reference"),
     ],
 )
 def test_an_invalid_config_is_refused_naming_the_field(raw, where):
@@ -183,3 +200,24 @@ def test_a_chain_leaves_one_summary_line_per_stage_in_the_termination_message(tm
     lines = log.read_text().splitlines()
     assert [json.loads(line)["stage"] for line in lines] == ["generate", "judge"]
     assert len(log.read_text().encode()) <= TERMINATION_LIMIT
+
+
+# --- who reports, under torchrun --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rank", "ok", "printed"), [
+    pytest.param("0", True, True, id="rank-0-success"),
+    pytest.param("1", True, False, id="other-rank-success"),
+    pytest.param("0", False, True, id="rank-0-failure"),
+    pytest.param("1", False, True, id="other-rank-failure"),
+])
+def test_rank_0_speaks_for_a_success_and_every_process_for_its_own_failure(monkeypatch, rank, ok, printed):
+    monkeypatch.setenv("RANK", rank)
+
+    assert reports({"stage": "sft", "ok": ok}) is printed
+
+
+def test_a_process_nobody_launched_is_rank_0(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+
+    assert reports({"stage": "sft", "ok": True})

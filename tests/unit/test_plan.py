@@ -43,7 +43,22 @@ def test_a_new_run_starts_with_sft_of_the_base_model():
 
 
 def test_sft_is_given_the_spec_it_needs_and_of_the_judge_only_what_formats_its_examples():
-    assert next_step({}).sections == {"sft": SPEC["sft"], "judge": {"scoreRange": SPEC["judge"]["scoreRange"]}}
+    how_it_runs = planner.EXECUTION_FIELDS["sft"]
+    sft = {key: value for key, value in SPEC["sft"].items() if key not in how_it_runs}
+
+    assert next_step({}).sections == {"sft": sft, "judge": {"scoreRange": SPEC["judge"]["scoreRange"]}}
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_how_a_training_stage_runs_is_given_apart_from_its_spec(stage):
+    execution = planner.execution_options(SPEC, stage)
+
+    assert execution == {key: SPEC[stage][key] for key in planner.EXECUTION_FIELDS[stage]}
+    assert {"zeroStage", "checkpointEvery", "gradientCheckpointing"} <= set(execution)
+
+
+def test_inference_stages_have_no_execution_options():
+    assert planner.execution_options(SPEC, "generate") == {}
 
 
 def test_a_custom_judge_template_is_part_of_what_sft_is_given():

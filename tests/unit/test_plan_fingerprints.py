@@ -139,6 +139,22 @@ def test_every_rerun_step_is_a_restart_with_the_next_attempt():
     assert {(s.attempt, s.restart) for s in reruns(new_spec=edited)} == {(2, True)}
 
 
+@pytest.mark.parametrize("edit", [
+    ("sft.zeroStage", 2), ("dpo.zeroStage", 0), ("sft.checkpointEvery", 50), ("dpo.gradientCheckpointing", True),
+    ("dpo.reference", "model"), ("placement.training.processesPerReplica", 4),
+], ids=lambda edit: edit[0] if isinstance(edit, tuple) else None)
+def test_changing_how_training_runs_reruns_nothing_that_succeeded(edit):
+    # The same model comes out: a ZeRO stage, checkpoints, recomputed activations or the
+    # reference's form change memory and time, not the result.
+    assert planner.plan(defaulted_spec(edit), done_run(), ROOT) == Done()
+
+
+def test_turning_lora_on_for_dpo_reruns_every_dpo_and_what_follows_it():
+    edited = defaulted_spec(("dpo.lora", {"rank": 8, "alpha": 16, "dropout": 0.0}))
+
+    assert stages_of(reruns(new_spec=edited))[0] == (2, "dpo")
+
+
 def test_changing_the_inference_replicas_reruns_nothing_that_succeeded():
     edited = defaulted_spec(("placement.inference.replicas", 4))
 

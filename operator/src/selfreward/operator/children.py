@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from selfreward.operator import layout
+from selfreward.operator import launch, layout
 from selfreward.operator import plan as planner
 from selfreward.operator.spec import GROUP, KIND, VERSION
 from selfreward.operator.stageconfig import stage_config
@@ -200,12 +200,10 @@ def _job(run: RunRef, root: str, chain: list[planner.Step], defaults: Defaults) 
 def _pytorchjob(run: RunRef, root: str, step: planner.Step, defaults: Defaults) -> dict[str, Any]:
     placement = placement_for(run, "training", defaults)
     nodes, processes = placement["replicas"], placement["processesPerReplica"]
-    launcher = [
-        "--nnodes", str(nodes), "--nproc-per-node", str(processes),
-        "--node-rank", "$(PET_NODE_RANK)", "--master-addr", "$(PET_MASTER_ADDR)", "--master-port", "$(PET_MASTER_PORT)",
-    ]
+    command = launch.training_command(launch.KUBEFLOW_LAUNCHER, nodes, processes, launch.KUBEFLOW_RENDEZVOUS,
+                                      _stage_command(run, root, [step]))
     container = {"name": TRAINING_CONTAINER, "image": placement["image"],
-                 "command": ["torchrun"], "args": launcher + _stage_command(run, root, [step]),
+                 "command": command[:1], "args": command[1:],
                  "ports": [{"name": "pytorchjob-port", "containerPort": RENDEZVOUS_PORT}]}
     template = _pod_template(run, step, placement, container)
     replica_specs = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template}}

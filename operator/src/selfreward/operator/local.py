@@ -1,7 +1,8 @@
 """The local executor: runs a SelfRewardRun's steps as subprocesses on this machine.
 
 It asks the planner for the next step, runs `python -m selfreward.trainer` for it (inference
-stages that load the same model share one process), records each summary line in the status
+stages that load the same model share one process; training runs under torchrun with the
+placement's processes per replica, as in a PyTorchJob, this machine being its only node), records each summary line in the status
 file and saves it after every change. Killed at any point (even SIGKILL), the same command
 resumes: committed stages are skipped by the planner, committed shards by the stage program.
 """
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from selfreward.operator import layout
+from selfreward.operator import launch, layout
 from selfreward.operator import plan as planner
 from selfreward.operator import status as status_core
 from selfreward.operator.spec import RunDocument
@@ -119,14 +120,23 @@ class LocalExecutor:
 
         pending = list(chain)
         status = self._start(status, pending[0])
+        program = ["-m", "selfreward.trainer", names, "--config", json.dumps(configs)]
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if first.kind == "training":
+            placement = self.run.spec["placement"]["training"]
+            command = launch.training_command(launch.local_launcher(self.python), 1, placement["processesPerReplica"],
+                                              launch.local_rendezvous(), program)
+            environment.update(launch.LOCAL_ENVIRONMENT)
+        else:
+            command = [self.python, *program]
         with log_path.open("a", encoding="utf-8") as log:
             process = subprocess.Popen(
-                [self.python, "-m", "selfreward.trainer", names, "--config", json.dumps(configs)],
+                command,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
                 bufsize=1,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=environment,
                 preexec_fn=_die_with_parent,
             )
             sink = LogSink(log)

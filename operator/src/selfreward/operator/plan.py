@@ -39,16 +39,34 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Fields of a training section that say how to run it, not what it makes: the same model comes out
+# (within floating-point tolerance) whatever they are. They travel in the stage config's
+# `execution`, outside the fingerprint, so changing one (a ZeRO stage for memory, say) applies to
+# the next attempt without redoing the stage or anything made from it.
+EXECUTION_FIELDS: dict[str, tuple[str, ...]] = {
+    "sft": ("zeroStage", "checkpointEvery", "gradientCheckpointing"),
+    "dpo": ("zeroStage", "checkpointEvery", "gradientCheckpointing", "reference"),
+}
+
+
 def stage_sections(spec: dict[str, Any], stage: str) -> dict[str, Any]:
-    """The part of the spec a stage uses, as {section: {field: value}} (absent fields left out)."""
+    """The part of the spec a stage's result depends on, as {section: {field: value}} (absent
+    fields and execution fields left out)."""
     sections: dict[str, Any] = {}
     for path in STAGE_SECTIONS[stage]:
         section, _, name = path.partition(".")
         if not name:
-            sections[section] = spec[section]
+            excluded = EXECUTION_FIELDS.get(section, ())
+            sections[section] = {key: value for key, value in spec[section].items() if key not in excluded}
         elif name in spec[section]:
             sections.setdefault(section, {})[name] = spec[section][name]
     return sections
+
+
+def execution_options(spec: dict[str, Any], stage: str) -> dict[str, Any]:
+    """How a training stage runs (EXECUTION_FIELDS of its section); empty for other stages."""
+    section = spec.get(stage, {}) if stage in EXECUTION_FIELDS else {}
+    return {key: section[key] for key in EXECUTION_FIELDS.get(stage, ()) if key in section}
 
 
 class StageState(str, Enum):

@@ -2,8 +2,9 @@
 summary line it prints back, read the same way by both.
 
 This is the operator's half of the stage contract (selfreward.trainer.contract is the other):
-explicit input and output URIs, the spec sections the stage uses, the shard count, the storage
-endpoint. Never credentials: stage programs read those from their environment.
+explicit input and output URIs, the spec sections the stage's result depends on, how to run
+it (`execution`: ZeRO stage, checkpoints, memory options), the shard count, the storage endpoint. Never
+credentials: stage programs read those from their environment.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def stage_config(run: RunLike, root: str, step: planner.Step, uid: str = "") -> 
         "randomSeed": run.spec["randomSeed"],
         "processes": placement["processesPerReplica"],
         "spec": step.sections,
+        "execution": planner.execution_options(run.spec, step.stage),
         "storage": {k: storage[k] for k in ("endpoint", "region", "addressingStyle") if storage.get(k)},
     }
 

@@ -3,23 +3,40 @@
 Several stages that use the same model may run in one process (one engine load); each still
 writes its own manifest and prints its own summary line. The process stops at the first failure.
 Exit codes: 0 all done, 1 failed (may succeed on retry), 2 invalid config or data (will not).
+Under torchrun (training with several processes) world rank 0 prints the summary of a stage
+that succeeded; a process that fails prints its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 import traceback
 from typing import Any, Callable
 
-from selfreward.trainer.contract import ConfigError, Stage, StageConfig, parse_configs, report, reserve_stdout_for_summaries
+from selfreward.trainer.contract import (ConfigError, Stage, StageConfig, parse_configs, report, reports,
+                                         reserve_stdout_for_summaries)
 from selfreward.trainer.failures import classify
 from selfreward.trainer.stagekit import StageResult, lineage_of
 from selfreward.trainer.storage import Storage
 
 EXIT_RETRYABLE = 1
 EXIT_PERMANENT = 2
+LAUNCHER_ENV = "TORCHELASTIC_RUN_ID"  # set by torchrun in every process it starts
+
+
+def die_with_launcher() -> None:
+    """Linux: get SIGKILL when torchrun dies (killed with its executor, say), so no orphan keeps
+    training and committing behind a new attempt's back."""
+    import ctypes
+
+    launcher = os.getppid()
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != launcher:  # it died before the line above
+        os._exit(EXIT_RETRYABLE)
 
 
 def _runner(stage: Stage) -> Callable[..., StageResult]:
@@ -77,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="stage config as JSON, or @path to a JSON file")
     args = parser.parse_args(argv)
     reserve_stdout_for_summaries()
+    if LAUNCHER_ENV in os.environ:
+        die_with_launcher()
     try:
         names = [Stage(name) for name in args.stages.split(",")]
         configs = parse_configs(args.config)
@@ -89,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for config in configs:
             summary = run_stage(config, storage)
-            report(summary, stages=len(configs))
+            if reports(summary):
+                report(summary, stages=len(configs))
             if not summary["ok"]:
                 return EXIT_PERMANENT if summary["permanent"] else EXIT_RETRYABLE
     finally:

@@ -1,8 +1,9 @@
 """Training checkpoints as committed artifacts: in the run's storage, manifest last, resumable anywhere.
 
 Every `checkpointEvery` optimizer steps the trainer saves a full checkpoint (weights, optimizer,
-scheduler, RNG state) to local scratch; world rank 0 then uploads it to
-`iter-NN/checkpoints/checkpoint-<step>/` and writes its manifest last, stamped with the stage's
+scheduler, RNG state) to local scratch; one process per node uploads that node's files to
+`iter-NN/checkpoints/checkpoint-<step>/` (with ZeRO each node holds its own processes' shards),
+and world rank 0 writes the manifest last, listing every node's files, stamped with the stage's
 fingerprint, and removes older checkpoints of the stage. A new attempt, on this machine or in a
 pod on another node, resumes from the newest committed checkpoint with the same fingerprint; a
 checkpoint torn by a crash mid-upload has no manifest and is never chosen.
@@ -11,10 +12,10 @@ checkpoint torn by a crash mid-upload has no manifest and is never chosen.
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from selfreward.trainer import nodelocal
 from selfreward.trainer.progress import note
 from selfreward.trainer.stagekit import failpoint
 from selfreward.trainer.storage import MANIFEST, Storage, join
@@ -42,28 +43,44 @@ def committed(storage: Storage, root: str) -> list[Committed]:
     return sorted(found, key=lambda c: c.step)
 
 
-def latest(storage: Storage, root: str, fingerprint: str) -> Committed | None:
-    """The newest committed checkpoint made by this very stage (same fingerprint)."""
+def latest(storage: Storage, root: str, fingerprint: str, layout: dict[str, int]) -> Committed | None:
+    """The newest committed checkpoint made by this very stage (same fingerprint) that this
+    process layout can read (ZeRO partitions optimizer state by process: same stage and count)."""
     for checkpoint in reversed(committed(storage, root)):
         manifest = storage.read_manifest(checkpoint.uri)
-        if manifest is not None and manifest.get("fingerprint") == fingerprint:
-            return checkpoint
+        if manifest is None or manifest.get("fingerprint") != fingerprint:
+            continue
+        if manifest.get("layout", layout) != layout:
+            note(manifest.get("stage", "train"), f"checkpoint at step {checkpoint.step} was saved with {manifest['layout']}; "
+                 f"this attempt runs with {layout} and cannot read it")
+            continue
+        return checkpoint
     return None
 
 
 def download(storage: Storage, checkpoint: Committed, scratch: Path) -> Path:
-    """A fresh local copy of a committed checkpoint, every file checked against its manifest."""
-    target = scratch / f"checkpoint-{checkpoint.step}"
-    shutil.rmtree(target, ignore_errors=True)
-    return storage.download_committed(checkpoint.uri, target)
+    """A local copy of a committed checkpoint (in a fresh scratch folder), every file checked
+    against its manifest; the training processes of a node download it once."""
+    return nodelocal.filled_once(scratch / f"checkpoint-{checkpoint.step}",
+                                 lambda target: storage.download_committed(checkpoint.uri, target))
 
 
-def commit(storage: Storage, root: str, local: Path, step: int, stage: str) -> None:
-    """Upload a saved checkpoint, manifest last, then drop every other checkpoint of the stage."""
+def upload(storage: Storage, root: str, local: Path, step: int) -> dict[str, str]:
+    """Upload this node's part of a saved checkpoint (with several nodes, each holds the ZeRO
+    shards of its own processes); returns {name: sha256} of what it uploaded."""
+    return storage.upload_folder(local, folder(root, step))
+
+
+def commit(storage: Storage, root: str, parts: list[dict[str, str]], step: int, stage: str,
+           layout: dict[str, int]) -> None:
+    """Write the manifest of a checkpoint every node has uploaded its part of, then drop every
+    other checkpoint of the stage. The first node's file wins where two saved the same name."""
     uri = folder(root, step)
-    files = storage.upload_folder(local, uri)
+    files: dict[str, str] = {}
+    for part in reversed(parts):
+        files.update(part)
     failpoint(stage, f"checkpoint/{stage}/{step}")
-    storage.commit(uri, files, stage=stage, step=step)
+    storage.commit(uri, files, stage=stage, step=step, layout=layout)
     note(stage, f"checkpoint at step {step} committed to {uri}")
     remove_all(storage, root, keep=uri)
 

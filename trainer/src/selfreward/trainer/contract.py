@@ -2,7 +2,8 @@
 
 Every step of a run is `python -m selfreward.trainer <stage> --config <json>`. The config names
 the input and output URIs explicitly, carries the spec sections the stage needs (already
-defaulted by the CRD schema) and the shard index and count. The program prints one JSON line,
+defaulted by the CRD schema), how to run it (training: ZeRO stage, checkpoints, memory options)
+and the shard index and count. The program prints one JSON line,
 its summary, which also goes to the pod's termination message (at most 4 KiB): the operator
 reads results from there and needs no storage credentials.
 """
@@ -14,11 +15,12 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from selfreward.trainer.failures import PermanentFailure
+from selfreward.trainer.ranks import world_rank
 from selfreward.trainer.storage import StorageOptions
 
 TERMINATION_LOG = Path("/dev/termination-log")
@@ -48,6 +50,16 @@ class StorageConfig(_Strict):
         return StorageOptions(self.endpoint, self.region, self.addressing_style)
 
 
+class ExecutionConfig(_Strict):
+    """How a training stage runs: none of it changes the model it makes, so none of it is in the
+    stage's fingerprint (the operator's plan.EXECUTION_FIELDS)."""
+
+    zero_stage: int = Field(0, alias="zeroStage", ge=0, le=3)
+    checkpoint_every: int = Field(200, alias="checkpointEvery", ge=1)
+    gradient_checkpointing: bool = Field(False, alias="gradientCheckpointing")
+    reference: Literal["precomputed", "model"] = "precomputed"
+
+
 class StageConfig(_Strict):
     """One stage of one iteration. `shards` lists the shard indexes this process runs."""
 
@@ -67,6 +79,7 @@ class StageConfig(_Strict):
     random_seed: int = Field(alias="randomSeed")
     processes: int = Field(1, ge=1, description="processes per pod: tensor-parallel size for inference")
     spec: dict[str, Any]
+    execution: ExecutionConfig = ExecutionConfig()
     storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
@@ -111,6 +124,12 @@ class StageConfig(_Strict):
             return self.outputs[name]
         except KeyError as error:
             raise ConfigError(f"config.outputs.{name} is missing") from error
+
+
+def reports(summary: dict[str, Any]) -> bool:
+    """Whether this process prints `summary`: world rank 0 speaks for a stage that succeeded;
+    any process that failed says why (torchrun may stop rank 0 before it could)."""
+    return world_rank() == 0 or not summary.get("ok")
 
 
 class ConfigError(PermanentFailure, ValueError):

@@ -1,4 +1,9 @@
-"""Stage `dpo`: M_t -> M_(t+1) by DPO on the pairs M_t generated and judged; M_t is also the reference."""
+"""Stage `dpo`: M_t -> M_(t+1) by DPO on the pairs M_t generated and judged; M_t is also the reference.
+
+The reference enters the loss as log-probabilities of each pair's responses. By default they are
+computed once, before training, so no second copy of the model stays in memory (what makes 8B
+DPO fit one node); `reference: model` keeps the copy and evaluates it on every batch instead.
+"""
 
 from __future__ import annotations
 
@@ -26,10 +31,55 @@ def preference_rows(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def reference_in_memory_trainer():
+    """TRL's DPOTrainer, its precomputed reference log-probs kept in memory by every process.
+
+    TRL writes them to a cache file that only the global main process writes and then every
+    process reads back, which the processes of other nodes (other pods) cannot see. And under
+    DeepSpeed it wraps the policy in a second engine to compute them, which breaks ZeRO-3's
+    parameter tracing once training starts ("pop from an empty deque"). Here M_t is loaded once
+    more for the purpose (sharded under ZeRO-3) and dropped before training; the gathered values
+    are already in every process.
+    """
+    from trl import DPOTrainer
+
+    class DPOTrainerReferenceInMemory(DPOTrainer):
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            import torch
+            from torch.utils.data import DataLoader
+
+            loader = self.accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator,
+                                                         shuffle=False))
+            reference = self._reference_for_precompute()
+            chosen, rejected = [], []
+            for batch in loader:
+                batch_chosen, batch_rejected = self.accelerator.gather_for_metrics(self.compute_ref_log_probs(reference, batch))
+                chosen.append(batch_chosen.float().cpu())
+                rejected.append(batch_rejected.float().cpu())
+            return (dataset.add_column("ref_chosen_logps", torch.cat(chosen).numpy())
+                    .add_column("ref_rejected_logps", torch.cat(rejected).numpy()))
+
+        def _reference_for_precompute(self):
+            """M_t: the policy itself before training (with LoRA, its adapters are turned off while
+            it runs), or under DeepSpeed a copy in an engine of its own."""
+            if not self.is_deepspeed_enabled:
+                return self.ref_model or self.model
+            from transformers import AutoModelForCausalLM
+            from trl.models import prepare_deepspeed
+            from trl.trainer.utils import add_fused_lm_head
+
+            copy = AutoModelForCausalLM.from_pretrained(self.model.config.name_or_path, dtype=self.model.dtype)
+            add_fused_lm_head(copy)  # as TRL prepares its own reference model
+            return prepare_deepspeed(copy, self.accelerator)
+
+    return DPOTrainerReferenceInMemory
+
+
 def _recipe(config: StageConfig, storage: Storage) -> training.Recipe:
     from trl import DPOConfig, DPOTrainer
 
     section = config.section("dpo")
+    precomputed = config.execution.reference == "precomputed"
     pairs = read_sharded(storage, config.input("pairs"), PAIRS_FILE, config.input_shard_count("pairs"))
     if not pairs:
         raise training.NothingToTrain(
@@ -39,9 +89,10 @@ def _recipe(config: StageConfig, storage: Storage) -> training.Recipe:
         )
     return training.Recipe(
         section="dpo",
-        trainer_class=DPOTrainer,
+        trainer_class=reference_in_memory_trainer() if precomputed else DPOTrainer,
         config_class=DPOConfig,
-        options={"beta": section["beta"], "loss_type": [section["lossType"]], "disable_dropout": section["dropout"] == 0},
+        options={"beta": section["beta"], "loss_type": [section["lossType"]], "disable_dropout": section["dropout"] == 0,
+                 "precompute_ref_log_probs": precomputed},
         rows=preference_rows(pairs),
         sequences=lambda row: [row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]],
         over_length_metric="sequencesOverMaxLength",

@@ -189,13 +189,16 @@ def failpoint(stage: str, name: str) -> None:
         threading.Event().wait()
 
 
-def run_single(config: StageConfig, storage: Storage, folder: str, work: Callable[[], dict[str, Any]]) -> StageResult:
-    """A stage with one output folder (instruct, sft, dpo, evaluate)."""
+def run_single(config: StageConfig, storage: Storage, folder: str, work: Callable[[], dict[str, Any]],
+               owner: bool = True) -> StageResult:
+    """A stage with one output folder (instruct, sft, dpo, evaluate). Of several processes that
+    run it together (training), only the `owner` clears what an earlier run left."""
     manifest = storage.read_manifest(folder)
     if reusable(manifest, storage.lineage, config.stage.value, 0, "the committed output"):
         note(config.stage.value, "already committed, skipped", shard=0)
         return StageResult([ShardResult(0, True, manifest.get("metrics", {}))])
-    storage.delete_folder(folder)  # what a stale or torn earlier run left there
+    if owner:
+        storage.delete_folder(folder)  # what a stale or torn earlier run left there
     return StageResult([ShardResult(0, False, work())])
 
 

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 from selfreward.trainer import model_folder
 from selfreward.trainer.failures import PermanentFailure
+from selfreward.trainer.nodelocal import exclusive
 
 MANIFEST = "_manifest.json"
 CACHE_ENV = "SELFREWARD_CACHE"
@@ -355,13 +356,14 @@ class Storage:
                     _verify(join(uri, name), digest, sha256_file(Path(uri) / name))
             return Path(uri)
         cache = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "selfreward")) / "models" / listing.identity[:16]
-        if (cache / ".complete").exists():
-            return cache
-        if listing.manifest is not None:
-            self.download_committed(uri, cache)
-        else:
-            self._download(uri, list(listing.files), cache)
-        (cache / ".complete").write_text(uri)
+        with exclusive(cache):  # the training processes of a node download it once
+            if (cache / ".complete").exists():
+                return cache
+            if listing.manifest is not None:
+                self.download_committed(uri, cache)
+            else:
+                self._download(uri, list(listing.files), cache)
+            (cache / ".complete").write_text(uri)
         return cache
 
     def _hub_folder(self, uri: str) -> Path:

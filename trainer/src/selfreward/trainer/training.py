@@ -1,8 +1,11 @@
 """What SFT and DPO share: the model with the spec's dropout, TrainingArguments from the spec,
-progress, DeepSpeed when it can run, checkpoints committed to storage, and the committed model.
+DeepSpeed ZeRO and the memory options, progress, checkpoints committed to storage, and the
+committed model.
 
-Batch sizes are global: `batchSize` examples per optimizer step over all processes, made of
-`microBatchSize` per device and gradient accumulation.
+A stage runs in every process torchrun started (launch.py in the operator). Batch sizes are
+global: `batchSize` examples per optimizer step over all processes, made of `microBatchSize`
+per device and gradient accumulation, and every process shuffles the data with the same seed,
+so the processes count does not change what is trained. World rank 0 alone commits.
 """
 
 from __future__ import annotations
@@ -10,14 +13,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from selfreward.trainer import checkpoints
-from selfreward.trainer.contract import ConfigError, StageConfig
+from selfreward.trainer import checkpoints, nodelocal
+from selfreward.trainer.contract import ConfigError, ExecutionConfig, StageConfig
 from selfreward.trainer.failures import PermanentFailure
+from selfreward.trainer.ranks import local_rank, world_rank, world_size
 from selfreward.trainer.progress import Progress
 from selfreward.trainer.stagekit import StageResult, run_single
 from selfreward.trainer.storage import Storage, is_s3
@@ -30,8 +33,8 @@ class NothingToTrain(PermanentFailure, ValueError):
     """The training set is empty (e.g. the judge kept no pairs)."""
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+class DeepSpeedMissing(PermanentFailure, RuntimeError):
+    """The spec asks for ZeRO and this environment has no DeepSpeed."""
 
 
 def workdir(config: StageConfig) -> Path:
@@ -57,8 +60,10 @@ def load_model(model_dir: Path, dropout: float):
     return AutoModelForCausalLM.from_pretrained(model_dir, config=model_config, dtype=dtype)
 
 
-def training_arguments(section: dict[str, Any], examples: int, output_dir: Path, seed: int) -> dict[str, Any]:
-    """Keyword arguments shared by SFTConfig and DPOConfig, derived from an sft/dpo spec section."""
+def training_arguments(section: dict[str, Any], execution: ExecutionConfig, examples: int, output_dir: Path,
+                       seed: int) -> dict[str, Any]:
+    """Keyword arguments shared by SFTConfig and DPOConfig, from an sft/dpo spec section and how
+    the stage runs."""
     import torch
 
     per_step = section["microBatchSize"] * world_size()
@@ -71,10 +76,14 @@ def training_arguments(section: dict[str, Any], examples: int, output_dir: Path,
     steps_per_epoch = max(1, math.ceil(examples / section["batchSize"]))
     total_steps = steps_per_epoch * section["epochs"]
     scheduler: dict[str, Any] = (
-        {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr": section["finalLearningRate"]}}
+        # As a rate: the scheduler reads an absolute min_lr against optimizer.defaults, which
+        # DeepSpeed's ZeRO optimizers do not have.
+        {"lr_scheduler_type": "cosine_with_min_lr",
+         "lr_scheduler_kwargs": {"min_lr_rate": section["finalLearningRate"] / section["learningRate"]}}
         if section["schedule"] == "cosine"
         else {"lr_scheduler_type": "constant_with_warmup"}
     )
+    gpu = torch.cuda.is_available()
     arguments = {
         "output_dir": str(output_dir),
         "learning_rate": section["learningRate"],
@@ -86,37 +95,73 @@ def training_arguments(section: dict[str, Any], examples: int, output_dir: Path,
         "warmup_steps": int(total_steps * section["warmupRatio"]),
         "logging_steps": 1,
         "save_strategy": "steps",
-        "save_steps": section["checkpointEvery"],
+        "save_steps": execution.checkpoint_every,
         "save_total_limit": 1,
         "save_only_model": False,
+        "gradient_checkpointing": execution.gradient_checkpointing,
         "report_to": [],
         "seed": seed,
-        "bf16": torch.cuda.is_available(),
-        "use_cpu": not torch.cuda.is_available(),
+        "bf16": gpu,
+        "use_cpu": not gpu,
         "disable_tqdm": True,
         **scheduler,
     }
-    deepspeed = deepspeed_config(section["zeroStage"])
+    if not gpu and world_size() > 1:
+        arguments["ddp_backend"] = "gloo"
+    deepspeed = deepspeed_config(execution.zero_stage, world_size())
     if deepspeed:
         arguments["deepspeed"] = deepspeed
     return arguments
 
 
-def deepspeed_config(stage: int) -> dict[str, Any] | None:
-    """ZeRO settings for multi-GPU training; None where DeepSpeed cannot or need not run."""
+def deepspeed_config(stage: int, processes: int) -> dict[str, Any] | None:
+    """ZeRO settings for training with several processes; None for zeroStage 0 or one process
+    (nothing to shard across), which train with plain DDP or alone.
+
+    On CPU (gloo) it runs too, which is how the tests here prove it: DeepSpeed would otherwise
+    compile its shared-memory allreduce at start, and worker images carry no compiler.
+    """
     import importlib.util
 
     import torch
 
-    if stage == 0 or not torch.cuda.is_available() or world_size() == 1 or importlib.util.find_spec("deepspeed") is None:
+    if not zero_applies(stage, processes):
         return None
+    if importlib.util.find_spec("deepspeed") is None:
+        raise DeepSpeedMissing(
+            f"zeroStage {stage} with {processes} processes needs DeepSpeed, which this environment lacks: use the "
+            "training image, install selfreward-trainer[deepspeed], or set zeroStage 0 for plain data parallelism"
+        )
+    gpu = torch.cuda.is_available()
+    if not gpu:
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     return {
-        "zero_optimization": {"stage": stage, "overlap_comm": True, "stage3_gather_16bit_weights_on_model_save": True},
+        "zero_optimization": {"stage": stage, "overlap_comm": gpu, "stage3_gather_16bit_weights_on_model_save": True},
         "bf16": {"enabled": "auto"},
         "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto",
         "gradient_clipping": "auto",
     }
+
+
+def checkpoint_layout(execution: ExecutionConfig) -> dict[str, int]:
+    """What a checkpoint can be resumed by: DeepSpeed partitions optimizer state by process, so
+    only the same ZeRO stage over the same number of processes reads it back."""
+    stage = execution.zero_stage if zero_applies(execution.zero_stage, world_size()) else 0
+    return {"zeroStage": stage, "processes": world_size()}
+
+
+def zero_applies(stage: int, processes: int) -> bool:
+    return stage > 0 and processes > 1
+
+
+def lora_config(lora: dict[str, Any]):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                      target_modules=lora.get("targetModules") or "all-linear", task_type="CAUSAL_LM")
 
 
 def count_over_length(tokenizer, conversations: list[list[dict[str, str]]], max_length: int) -> int:
@@ -156,35 +201,41 @@ class Recipe:
 def run_stage(config: StageConfig, storage: Storage, model_dir_for, recipe_for: Callable[[], Recipe]) -> StageResult:
     """Train unless the model is committed from the same inputs; either way leave no checkpoints
     behind once it is (a crash between the model's commit and their removal would leak them)."""
-    result = run_single(config, storage, config.output("model"), lambda: train(config, storage, model_dir_for, recipe_for()))
-    if result.shards[0].skipped and int(os.environ.get("RANK", "0")) == 0:
+    result = run_single(config, storage, config.output("model"), lambda: train(config, storage, model_dir_for, recipe_for()),
+                        owner=world_rank() == 0)
+    if result.shards[0].skipped and world_rank() == 0:
         checkpoints.remove_all(storage, config.output("checkpoints"))
     return result
 
 
 def train(config: StageConfig, storage: Storage, model_dir_for, recipe: Recipe) -> dict[str, Any]:
-    """Train M_t into the stage's output model, resuming from its newest committed checkpoint."""
+    """Train M_t into the stage's output model, resuming from its newest committed checkpoint
+    that this ZeRO stage and process count can read."""
     from datasets import Dataset
     from transformers import AutoTokenizer
 
     section = config.section(recipe.section)
+    execution = config.execution
     model_dir = model_dir_for(config.input("model"))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     too_long = count_over_length(tokenizer, [s for row in recipe.rows for s in recipe.sequences(row)], section["maxLength"])
-    scratch = workdir(config)
-    output_dir = scratch / "trainer"
-    if world_size() == 1:  # with several processes, issue 10's launcher owns the scratch layout
-        shutil.rmtree(scratch, ignore_errors=True)
+    scratch = nodelocal.fresh_folder(workdir(config))
     checkpoint_root = config.output("checkpoints")
-    resume = checkpoints.latest(storage, checkpoint_root, storage.lineage["fingerprint"])
+    layout = checkpoint_layout(execution)
+    resume = checkpoints.latest(storage, checkpoint_root, storage.lineage["fingerprint"], layout)
     resume_dir = checkpoints.download(storage, resume, scratch / "resume") if resume else None
+    options = dict(recipe.trainer_options)
+    if section.get("lora") is not None:
+        options["peft_config"] = lora_config(section["lora"])
     trainer = recipe.trainer_class(
         model=load_model(model_dir, section["dropout"]),
-        args=recipe.config_class(**training_arguments(section, len(recipe.rows), output_dir, config.random_seed), **recipe.options),
+        args=recipe.config_class(**training_arguments(section, execution, len(recipe.rows), scratch / "trainer",
+                                                      config.random_seed), **recipe.options),
         train_dataset=Dataset.from_list(recipe.rows).shuffle(seed=config.random_seed),
         processing_class=tokenizer,
-        callbacks=[progress_callback(config.stage.value), commit_checkpoints_callback(storage, checkpoint_root, config.stage.value)],
-        **recipe.trainer_options,
+        callbacks=[progress_callback(config.stage.value),
+                   commit_checkpoints_callback(storage, checkpoint_root, config.stage.value, layout)],
+        **options,
     )
     result = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
     metrics = {
@@ -192,34 +243,40 @@ def train(config: StageConfig, storage: Storage, model_dir_for, recipe: Recipe) 
         recipe.over_length_metric: too_long,
         "steps": trainer.state.global_step,
         "resumedFromStep": resume.step if resume else 0,
+        "processes": layout["processes"],
+        "zeroStage": layout["zeroStage"],
         "trainLoss": float(result.training_loss),
         **final_logs(trainer.state.log_history, recipe.logs),
     }
-    commit_model(trainer, tokenizer, storage, config, metrics)
+    commit_model(trainer, tokenizer, storage, config, metrics, model_dir)
     if trainer.is_world_process_zero():
         checkpoints.remove_all(storage, checkpoint_root)  # the model is committed: nothing left to resume
     return metrics
 
 
 def progress_callback(stage: str):
+    """Steps done, reported by world rank 0 (the others train the same steps)."""
     from transformers import TrainerCallback
 
     class ReportProgress(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            self.progress = Progress(stage, 0, state.max_steps, "steps")
+            self.progress = Progress(stage, 0, state.max_steps, "steps") if state.is_world_process_zero else None
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.progress.set(state.global_step, state.max_steps)
+            if self.progress:
+                self.progress.set(state.global_step, state.max_steps)
 
         def on_train_end(self, args, state, control, **kwargs):
-            self.progress.finish()
+            if self.progress:
+                self.progress.finish()
 
     return ReportProgress()
 
 
-def commit_checkpoints_callback(storage: Storage, root: str, stage: str):
-    """After each save, world rank 0 commits the checkpoint to storage. The last step saves none:
-    the model itself is committed right after, and its optimizer state would be of no use."""
+def commit_checkpoints_callback(storage: Storage, root: str, stage: str, layout: dict[str, int]):
+    """After each save, one process per node uploads the node's files of the checkpoint, and world
+    rank 0 commits it. The last step saves none: the model itself is committed right after, and
+    its optimizer state would be of no use."""
     from transformers import TrainerCallback
 
     class CommitCheckpoints(TrainerCallback):
@@ -229,20 +286,60 @@ def commit_checkpoints_callback(storage: Storage, root: str, stage: str):
             return control
 
         def on_save(self, args, state, control, **kwargs):
+            local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            barrier()  # every process has written its part (its ZeRO shards, its RNG state)
+            part = checkpoints.upload(storage, root, local, state.global_step) if local_rank() == 0 else {}
+            parts = gather_at_rank_zero(part)
             if state.is_world_process_zero:
-                local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                checkpoints.commit(storage, root, local, state.global_step, stage)
+                checkpoints.commit(storage, root, parts, state.global_step, stage, layout)
 
     return CommitCheckpoints()
 
 
-def commit_model(trainer, tokenizer, storage: Storage, config: StageConfig, metrics: dict[str, Any]) -> None:
-    """Save the trained model as a Hugging Face folder, then write the manifest last."""
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def gather_at_rank_zero(item: Any) -> list[Any]:
+    """Every process's `item`, in rank order, at world rank 0 (others get an empty list)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [item]
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(item, gathered, dst=0)
+    return gathered or []
+
+
+def commit_model(trainer, tokenizer, storage: Storage, config: StageConfig, metrics: dict[str, Any], model_dir: Path) -> None:
+    """Save the trained model as a Hugging Face folder, then write the manifest last. LoRA
+    adapters are merged into M_t's weights first: the next stage loads a plain folder."""
     output = config.output("model")
     local = Path(output) if not is_s3(output) else workdir(config) / "final"
-    trainer.save_model(str(local))
+    if config.section(config.stage.value).get("lora") is None:
+        trainer.save_model(str(local))  # every process: ZeRO-3 gathers the shards for rank 0
+    else:
+        adapter = workdir(config) / "adapter"
+        trainer.save_model(str(adapter))
+        if trainer.is_world_process_zero():
+            merge_adapter(model_dir, adapter, local, trainer.model.dtype)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(local))
         files = storage.upload_folder(local, output)
         files.pop("_manifest.json", None)
         storage.commit(output, files, stage=config.stage.value, iteration=config.iteration, metrics=metrics)
+
+
+def merge_adapter(base: Path, adapter: Path, target: Path, dtype) -> None:
+    """M_t plus the trained adapters, as one plain model folder. Loaded whole in this process,
+    outside ZeRO-3's partitioning (which would wait for the other processes)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), adapter).merge_and_unload()
+    merged.save_pretrained(str(target))
