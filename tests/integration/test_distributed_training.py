@@ -8,77 +8,13 @@ resident reference model gives; LoRA must train and come out merged into a plain
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
-from selfreward.operator import launch
-from selfreward.operator import plan as planner
-from selfreward.operator.stageconfig import stage_config
-from selfreward.trainer.judge import PAIRS_FILE
-from selfreward.trainer.stagekit import shard_folder
-from selfreward.trainer.storage import Storage
-from tests.builders import defaulted_spec
-from tests.fixtures.models import SEED
+from tests.fixtures.training import LORA, Trained, train
 
 pytestmark = pytest.mark.integration
-
-# 90 SFT examples and 60 pairs: global batches of 6 and 60 divide them, so no process ever gets a
-# partial or padded batch, and one DPO step is all of them.
-SFT = [("sft.batchSize", 6), ("sft.microBatchSize", 3), ("sft.learningRate", 2e-3), ("sft.finalLearningRate", 2e-4),
-       ("sft.dropout", 0.0), ("sft.maxLength", 1536)]
-DPO = [("dpo.batchSize", 60), ("dpo.microBatchSize", 30), ("dpo.learningRate", 1e-3), ("dpo.finalLearningRate", 1e-4),
-       ("dpo.dropout", 0.0), ("dpo.maxLength", 256)]
-LORA = {"rank": 8, "alpha": 16, "dropout": 0.0}
-
-
-@dataclass
-class Trained:
-    summary: dict[str, Any]
-    model: Path
-
-    def tensors(self) -> dict[str, Any]:
-        from safetensors.torch import load_file
-
-        return load_file(str(self.model / "model.safetensors"))
-
-
-def train(folder: Path, stage: str, processes: int, *edits: tuple[str, Any], base: Path) -> Trained:
-    """One training stage of a one-iteration run (iteration 2 for dpo), launched with `processes`."""
-    iteration = 1 if stage == "sft" else 2
-    spec = defaulted_spec(("baseModel.uri", str(base)), ("seed.instructions", str(SEED / "ift.jsonl")),
-                          ("seed.evaluations", str(SEED / "eft.jsonl")), ("placement.training.processesPerReplica", processes),
-                          *(SFT if stage == "sft" else DPO), *edits)
-    root = str(folder / "storage")
-    step = planner.step_for(spec, root, iteration, stage, 1)
-    if stage == "dpo":
-        step.inputs["model"] = str(base)  # M_t: the tiny model stands in for M1
-        commit_pairs(step.inputs["pairs"])
-    config = stage_config(SimpleNamespace(name="distributed", namespace="default", spec=spec), root, step, folder.name)
-    command = launch.training_command(launch.local_launcher(sys.executable), 1, processes, launch.local_rendezvous(),
-                                      ["-m", "selfreward.trainer", stage, "--config", json.dumps(config)])
-    process = subprocess.run(command, capture_output=True, text=True, timeout=900,
-                             env={**os.environ, **launch.LOCAL_ENVIRONMENT, "SELFREWARD_WORKDIR": str(folder / "work")})
-    summaries = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
-    assert process.returncode == 0 and len(summaries) == 1, process.stdout + process.stderr[-6000:]
-    assert summaries[0]["ok"], summaries[0]
-    return Trained(summaries[0], Path(step.outputs["model"]))
-
-
-def commit_pairs(folder: str) -> None:
-    """One committed shard of pairs: each seed answer chosen over the next prompt's answer, cut short."""
-    rows = [json.loads(line) for line in (SEED / "ift.jsonl").read_text().splitlines() if line.strip()]
-    pairs = [{"prompt": row["prompt"], "chosen": row["response"],
-              "rejected": " ".join(rows[(i + 1) % len(rows)]["response"].split()[:20])} for i, row in enumerate(rows)]
-    storage, shard = Storage().with_lineage({"fingerprint": "pairs", "lineage": {}}), shard_folder(folder, 0, 1)
-    storage.commit(shard, storage.write_jsonl_file(shard, PAIRS_FILE, pairs), stage="judge")
 
 
 def largest_difference(first: Trained, second: Trained) -> float:

@@ -246,6 +246,7 @@ def train(config: StageConfig, storage: Storage, model_dir_for, recipe: Recipe) 
         "processes": layout["processes"],
         "zeroStage": layout["zeroStage"],
         "trainLoss": float(result.training_loss),
+        "trainSeconds": round(float(result.metrics.get("train_runtime", 0.0)), 2),
         **final_logs(trainer.state.log_history, recipe.logs),
     }
     commit_model(trainer, tokenizer, storage, config, metrics, model_dir)
