@@ -118,13 +118,22 @@ def test_commit_uploads_every_file_with_its_sha256_and_the_stages_fingerprint(st
 
 
 def test_a_checkpoint_saved_on_several_nodes_lists_every_nodes_files(storage, root, tmp_path):
-    first = checkpoints.upload(storage, root, saved(tmp_path / "node-0", {"zero_rank_0.pt": b"0", "state.json": b"a"}), 200)
-    second = checkpoints.upload(storage, root, saved(tmp_path / "node-1", {"zero_rank_1.pt": b"1", "state.json": b"b"}), 200)
+    first = checkpoints.upload(storage, root, saved(tmp_path / "node-0", {"zero_rank_0.pt": b"0", "latest": b"200"}), 200)
+    second = checkpoints.upload(storage, root, saved(tmp_path / "node-1", {"zero_rank_1.pt": b"1", "latest": b"200"}), 200)
 
     checkpoints.commit(storage, root, [first, second], 200, "sft", LAYOUT)
 
     manifest = storage.read_manifest(checkpoints.folder(root, 200))
-    assert sorted(manifest["files"]) == ["state.json", "zero_rank_0.pt", "zero_rank_1.pt"]
+    assert sorted(manifest["files"]) == ["latest", "zero_rank_0.pt", "zero_rank_1.pt"]
+
+
+def test_two_nodes_saving_different_versions_of_one_file_commit_nothing(storage, root, tmp_path):
+    first = checkpoints.upload(storage, root, saved(tmp_path / "node-0", {"trainer_state.json": b"a"}), 200)
+    second = checkpoints.upload(storage, root, saved(tmp_path / "node-1", {"trainer_state.json": b"b"}), 200)
+
+    with pytest.raises(ValueError, match="two nodes saved different trainer_state.json"):
+        checkpoints.commit(storage, root, [first, second], 200, "sft", LAYOUT)
+    assert checkpoints.committed(storage, root) == []
 
 
 def test_commit_writes_the_manifest_after_every_file(storage, root, tmp_path):

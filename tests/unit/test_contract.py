@@ -60,10 +60,9 @@ def test_defaults_of_a_minimal_config():
     assert (parsed.attempt, parsed.shard_count, parsed.shards, parsed.processes) == (1, 1, None, 1)
 
 
-def test_how_a_stage_runs_defaults_to_one_plain_process_and_a_precomputed_reference():
-    execution = config().execution
-
-    assert (execution.zero_stage, execution.gradient_checkpointing, execution.reference) == (0, False, "precomputed")
+def test_a_training_config_without_how_to_run_it_is_a_config_error():
+    with pytest.raises(ConfigError, match="config.execution is missing: stage sft needs it"):
+        config(stage="sft").how_to_train()
 
 
 def test_how_a_stage_runs_is_read_from_the_config():
@@ -87,8 +86,11 @@ def test_bad_json_is_refused():
         pytest.param(stage_config(stage="train"), "config.stage", id="unknown-stage"),
         pytest.param(stage_config(iteration=0), "config.iteration", id="iteration-zero"),
         pytest.param(stage_config(run=None), "config.run", id="missing-run"),
-        pytest.param(stage_config(execution={"zeroStage": 4}), "config.execution.zeroStage", id="zero-stage-4"),
-        pytest.param(stage_config(execution={"reference": "frozen"}), "config.execution.reference", id="unknown-reference"),
+        pytest.param(stage_config(execution={"zeroStage": 4, "checkpointEvery": 1, "gradientCheckpointing": False}),
+                     "config.execution.zeroStage", id="zero-stage-4"),
+        pytest.param(stage_config(execution={"zeroStage": 3, "checkpointEvery": 1, "gradientCheckpointing": False,
+                                             "reference": "frozen"}), "config.execution.reference", id="unknown-reference"),
+        pytest.param(stage_config(execution={"zeroStage": 3}), "config.execution.checkpointEvery", id="execution-incomplete"),
     ],
 )
 def test_an_invalid_config_is_refused_naming_the_field(raw, where):
@@ -203,6 +205,21 @@ def test_a_chain_leaves_one_summary_line_per_stage_in_the_termination_message(tm
 
 
 # --- who reports, under torchrun --------------------------------------------------------------
+
+
+def test_in_a_pod_of_several_processes_the_first_summary_written_stays(tmp_path, monkeypatch):
+    from selfreward.trainer import contract
+
+    log = tmp_path / "termination-log"
+    log.write_text('{"stage":"sft","ok":false,"reason":"NothingToTrain"}')  # what another rank wrote first
+    monkeypatch.setattr(contract, "TERMINATION_LOG", log)
+    monkeypatch.setattr(contract, "_reported", [])
+    monkeypatch.setattr(contract, "_summary_stream", sys.stdout)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+
+    contract.report({"stage": "sft", "ok": False, "reason": "ConnectionError"})
+
+    assert json.loads(log.read_text())["reason"] == "NothingToTrain"
 
 
 @pytest.mark.parametrize(("rank", "ok", "printed"), [

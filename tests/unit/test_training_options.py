@@ -13,7 +13,8 @@ SFT = defaulted_spec(("sft.batchSize", 16), ("sft.microBatchSize", 2))["sft"]
 
 
 def arguments(processes=1, tmp="/tmp/out", **execution):
-    return training.training_arguments(SFT, ExecutionConfig.model_validate(execution), 100, tmp, 7)
+    given = {"zeroStage": 3, "checkpointEvery": 200, "gradientCheckpointing": False, **execution}
+    return training.training_arguments(SFT, ExecutionConfig.model_validate(given), 100, tmp, 7)
 
 
 @pytest.fixture
@@ -92,7 +93,9 @@ def test_zero_without_deepspeed_installed_fails_saying_what_to_do(monkeypatch):
 def test_a_checkpoint_is_known_by_the_zero_stage_that_ran_and_the_process_count(processes, zero, count, layout):
     processes(count)
 
-    assert training.checkpoint_layout(ExecutionConfig(zeroStage=zero)) == layout
+    execution = ExecutionConfig(zeroStage=zero, checkpointEvery=1, gradientCheckpointing=False)
+
+    assert training.checkpoint_layout(execution) == layout
 
 
 def test_lora_adapts_every_linear_layer_unless_modules_are_named():

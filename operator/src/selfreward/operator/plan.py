@@ -65,8 +65,8 @@ def stage_sections(spec: dict[str, Any], stage: str) -> dict[str, Any]:
 
 def execution_options(spec: dict[str, Any], stage: str) -> dict[str, Any]:
     """How a training stage runs (EXECUTION_FIELDS of its section); empty for other stages."""
-    section = spec.get(stage, {}) if stage in EXECUTION_FIELDS else {}
-    return {key: section[key] for key in EXECUTION_FIELDS.get(stage, ()) if key in section}
+    fields = EXECUTION_FIELDS.get(stage, ())
+    return {key: spec[stage][key] for key in fields if key in spec[stage]}
 
 
 class StageState(str, Enum):

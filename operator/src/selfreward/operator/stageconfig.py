@@ -24,7 +24,7 @@ class RunLike(Protocol):
 def stage_config(run: RunLike, root: str, step: planner.Step, uid: str = "") -> dict[str, Any]:
     storage = run.spec["storage"]
     placement = run.spec["placement"][step.kind]
-    return {
+    config = {
         "stage": step.stage,
         "run": run.name,
         "runUid": uid,
@@ -38,9 +38,12 @@ def stage_config(run: RunLike, root: str, step: planner.Step, uid: str = "") -> 
         "randomSeed": run.spec["randomSeed"],
         "processes": placement["processesPerReplica"],
         "spec": step.sections,
-        "execution": planner.execution_options(run.spec, step.stage),
         "storage": {k: storage[k] for k in ("endpoint", "region", "addressingStyle") if storage.get(k)},
     }
+    execution = planner.execution_options(run.spec, step.stage)
+    if execution:
+        config["execution"] = execution
+    return config
 
 
 def summary_of(line: str) -> dict[str, Any] | None:

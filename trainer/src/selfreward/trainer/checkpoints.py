@@ -74,11 +74,14 @@ def upload(storage: Storage, root: str, local: Path, step: int) -> dict[str, str
 def commit(storage: Storage, root: str, parts: list[dict[str, str]], step: int, stage: str,
            layout: dict[str, int]) -> None:
     """Write the manifest of a checkpoint every node has uploaded its part of, then drop every
-    other checkpoint of the stage. The first node's file wins where two saved the same name."""
+    other checkpoint of the stage. Nodes may upload the same file (the same bytes), never two
+    versions of it."""
     uri = folder(root, step)
     files: dict[str, str] = {}
-    for part in reversed(parts):
-        files.update(part)
+    for part in parts:
+        for name, digest in part.items():
+            if files.setdefault(name, digest) != digest:  # two nodes wrote one key: storage kept one of them
+                raise ValueError(f"checkpoint {step}: two nodes saved different {name}")
     failpoint(stage, f"checkpoint/{stage}/{step}")
     storage.commit(uri, files, stage=stage, step=step, layout=layout)
     note(stage, f"checkpoint at step {step} committed to {uri}")

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from selfreward.trainer.failures import PermanentFailure
-from selfreward.trainer.ranks import world_rank
+from selfreward.trainer.ranks import world_rank, world_size
 from selfreward.trainer.storage import StorageOptions
 
 TERMINATION_LOG = Path("/dev/termination-log")
@@ -52,12 +52,13 @@ class StorageConfig(_Strict):
 
 class ExecutionConfig(_Strict):
     """How a training stage runs: none of it changes the model it makes, so none of it is in the
-    stage's fingerprint (the operator's plan.EXECUTION_FIELDS)."""
+    stage's fingerprint (the operator's plan.EXECUTION_FIELDS). Values come from the CRD's
+    defaults, never from here: a training config must carry them."""
 
-    zero_stage: int = Field(0, alias="zeroStage", ge=0, le=3)
-    checkpoint_every: int = Field(200, alias="checkpointEvery", ge=1)
-    gradient_checkpointing: bool = Field(False, alias="gradientCheckpointing")
-    reference: Literal["precomputed", "model"] = "precomputed"
+    zero_stage: int = Field(alias="zeroStage", ge=0, le=3)
+    checkpoint_every: int = Field(alias="checkpointEvery", ge=1)
+    gradient_checkpointing: bool = Field(alias="gradientCheckpointing")
+    reference: Literal["precomputed", "model"] | None = Field(None, description="dpo only")
 
 
 class StageConfig(_Strict):
@@ -79,7 +80,7 @@ class StageConfig(_Strict):
     random_seed: int = Field(alias="randomSeed")
     processes: int = Field(1, ge=1, description="processes per pod: tensor-parallel size for inference")
     spec: dict[str, Any]
-    execution: ExecutionConfig = ExecutionConfig()
+    execution: ExecutionConfig | None = None
     storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
@@ -102,6 +103,11 @@ class StageConfig(_Strict):
             return self.spec[name]
         except KeyError as error:
             raise ConfigError(f"config.spec.{name} is missing: stage {self.stage.value} needs it") from error
+
+    def how_to_train(self) -> ExecutionConfig:
+        if self.execution is None:
+            raise ConfigError(f"config.execution is missing: stage {self.stage.value} needs it")
+        return self.execution
 
     def input(self, name: str) -> str:
         value = self.inputs.get(name)
@@ -202,6 +208,8 @@ def report(summary: dict[str, Any], stages: int = 1) -> None:
     _reported.append(line)
     if TERMINATION_LOG.exists():  # the kubelet creates it in pods; never create it elsewhere
         try:
+            if len(_reported) == 1 and world_size() > 1 and TERMINATION_LOG.stat().st_size:
+                return  # another process of this pod spoke first: the first failure is the cause
             TERMINATION_LOG.write_text("\n".join(_reported))
         except OSError:
             pass

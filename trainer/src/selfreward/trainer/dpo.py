@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from selfreward.trainer.contract import StageConfig
+from selfreward.trainer.contract import ConfigError, StageConfig
 from selfreward.trainer.judge import PAIRS_FILE
 from selfreward.trainer.stagekit import StageResult, read_sharded
 from selfreward.trainer.storage import Storage
@@ -45,6 +45,8 @@ def reference_in_memory_trainer():
 
     class DPOTrainerReferenceInMemory(DPOTrainer):
         def _precompute_ref_logps(self, dataset, name, batch_size):
+            import gc
+
             import torch
             from torch.utils.data import DataLoader
 
@@ -56,6 +58,10 @@ def reference_in_memory_trainer():
                 batch_chosen, batch_rejected = self.accelerator.gather_for_metrics(self.compute_ref_log_probs(reference, batch))
                 chosen.append(batch_chosen.float().cpu())
                 rejected.append(batch_rejected.float().cpu())
+            del reference
+            gc.collect()  # a DeepSpeed engine holds reference cycles: free the copy before training
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
             return (dataset.add_column("ref_chosen_logps", torch.cat(chosen).numpy())
                     .add_column("ref_rejected_logps", torch.cat(rejected).numpy()))
 
@@ -79,7 +85,10 @@ def _recipe(config: StageConfig, storage: Storage) -> training.Recipe:
     from trl import DPOConfig, DPOTrainer
 
     section = config.section("dpo")
-    precomputed = config.execution.reference == "precomputed"
+    reference = config.how_to_train().reference
+    if reference is None:
+        raise ConfigError("config.execution.reference is missing: stage dpo needs it")
+    precomputed = reference == "precomputed"
     pairs = read_sharded(storage, config.input("pairs"), PAIRS_FILE, config.input_shard_count("pairs"))
     if not pairs:
         raise training.NothingToTrain(

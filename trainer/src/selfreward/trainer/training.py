@@ -5,7 +5,7 @@ committed model.
 A stage runs in every process torchrun started (launch.py in the operator). Batch sizes are
 global: `batchSize` examples per optimizer step over all processes, made of `microBatchSize`
 per device and gradient accumulation, and every process shuffles the data with the same seed,
-so the processes count does not change what is trained. World rank 0 alone commits.
+so the process count does not change what is trained. World rank 0 alone commits.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +28,7 @@ from selfreward.trainer.storage import Storage, is_s3
 
 DROPOUT_FIELDS = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob")
 WORKDIR_ENV = "SELFREWARD_WORKDIR"
+COLLECTIVE_TIMEOUT_SECONDS = 4 * 3600
 
 
 class NothingToTrain(PermanentFailure, ValueError):
@@ -38,7 +40,8 @@ class DeepSpeedMissing(PermanentFailure, RuntimeError):
 
 
 def workdir(config: StageConfig) -> Path:
-    """Local scratch of one training stage: saved checkpoints before their upload, the final model.
+    """Local scratch of one training stage: saved checkpoints before their upload, a checkpoint
+    downloaded to resume from, LoRA adapters before their merge, the final model.
 
     Nothing here is needed to resume (committed checkpoints are); keyed by the run's uid and the
     output URI so two runs never share it.
@@ -99,6 +102,9 @@ def training_arguments(section: dict[str, Any], execution: ExecutionConfig, exam
         "save_total_limit": 1,
         "save_only_model": False,
         "gradient_checkpointing": execution.gradient_checkpointing,
+        # Every collective may wait this long, the gather after a checkpoint's upload included
+        # (a 70B checkpoint is hundreds of GB); the default 30 minutes would abort the job.
+        "ddp_timeout": COLLECTIVE_TIMEOUT_SECONDS,
         "report_to": [],
         "seed": seed,
         "bf16": gpu,
@@ -215,7 +221,7 @@ def train(config: StageConfig, storage: Storage, model_dir_for, recipe: Recipe) 
     from transformers import AutoTokenizer
 
     section = config.section(recipe.section)
-    execution = config.execution
+    execution = config.how_to_train()
     model_dir = model_dir_for(config.input("model"))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     too_long = count_over_length(tokenizer, [s for row in recipe.rows for s in recipe.sequences(row)], section["maxLength"])
@@ -227,10 +233,13 @@ def train(config: StageConfig, storage: Storage, model_dir_for, recipe: Recipe) 
     options = dict(recipe.trainer_options)
     if section.get("lora") is not None:
         options["peft_config"] = lora_config(section["lora"])
+    # The arguments first: under ZeRO-3 the model then loads already partitioned across the
+    # processes, instead of whole in each of them.
+    arguments = recipe.config_class(**training_arguments(section, execution, len(recipe.rows), scratch / "trainer",
+                                                         config.random_seed), **recipe.options)
     trainer = recipe.trainer_class(
         model=load_model(model_dir, section["dropout"]),
-        args=recipe.config_class(**training_arguments(section, execution, len(recipe.rows), scratch / "trainer",
-                                                      config.random_seed), **recipe.options),
+        args=arguments,
         train_dataset=Dataset.from_list(recipe.rows).shuffle(seed=config.random_seed),
         processing_class=tokenizer,
         callbacks=[progress_callback(config.stage.value),
@@ -249,7 +258,7 @@ def train(config: StageConfig, storage: Storage, model_dir_for, recipe: Recipe) 
         "trainSeconds": round(float(result.metrics.get("train_runtime", 0.0)), 2),
         **final_logs(trainer.state.log_history, recipe.logs),
     }
-    commit_model(trainer, tokenizer, storage, config, metrics, model_dir)
+    commit_model(trainer, tokenizer, storage, config, metrics, model_dir, lora=section.get("lora") is not None)
     if trainer.is_world_process_zero():
         checkpoints.remove_all(storage, checkpoint_root)  # the model is committed: nothing left to resume
     return metrics
@@ -289,12 +298,26 @@ def commit_checkpoints_callback(storage: Storage, root: str, stage: str, layout:
         def on_save(self, args, state, control, **kwargs):
             local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             barrier()  # every process has written its part (its ZeRO shards, its RNG state)
-            part = checkpoints.upload(storage, root, local, state.global_step) if local_rank() == 0 else {}
-            parts = gather_at_rank_zero(part)
+            uploaded: dict[str, Any] = {"files": {}}
+            if local_rank() == 0:
+                try:
+                    uploaded["files"] = checkpoints.upload(storage, root, local, state.global_step)
+                except Exception as error:  # told to every process below, so that all of them fail
+                    uploaded = {"error": f"{type(error).__name__}: {error}"}
+                if world_rank() != 0:  # the Trainer rotates only the main process's local copies
+                    shutil.rmtree(local, ignore_errors=True)
+            parts = gather_everywhere(uploaded)
+            failed = [part["error"] for part in parts if "error" in part]
+            if failed:
+                raise CheckpointUploadFailed(f"uploading checkpoint {state.global_step}: {failed[0]}")
             if state.is_world_process_zero:
-                checkpoints.commit(storage, root, parts, state.global_step, stage, layout)
+                checkpoints.commit(storage, root, [part["files"] for part in parts], state.global_step, stage, layout)
 
     return CommitCheckpoints()
+
+
+class CheckpointUploadFailed(RuntimeError):
+    """A node could not upload its part of a checkpoint (retried: the attempt resumes from the last one)."""
 
 
 def barrier() -> None:
@@ -304,23 +327,24 @@ def barrier() -> None:
         dist.barrier()
 
 
-def gather_at_rank_zero(item: Any) -> list[Any]:
-    """Every process's `item`, in rank order, at world rank 0 (others get an empty list)."""
+def gather_everywhere(item: Any) -> list[Any]:
+    """Every process's `item`, in rank order, in every process."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         return [item]
-    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(item, gathered, dst=0)
-    return gathered or []
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, item)
+    return gathered
 
 
-def commit_model(trainer, tokenizer, storage: Storage, config: StageConfig, metrics: dict[str, Any], model_dir: Path) -> None:
+def commit_model(trainer, tokenizer, storage: Storage, config: StageConfig, metrics: dict[str, Any], model_dir: Path,
+                 lora: bool) -> None:
     """Save the trained model as a Hugging Face folder, then write the manifest last. LoRA
     adapters are merged into M_t's weights first: the next stage loads a plain folder."""
     output = config.output("model")
     local = Path(output) if not is_s3(output) else workdir(config) / "final"
-    if config.section(config.stage.value).get("lora") is None:
+    if not lora:
         trainer.save_model(str(local))  # every process: ZeRO-3 gathers the shards for rank 0
     else:
         adapter = workdir(config) / "adapter"
