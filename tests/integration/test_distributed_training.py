@@ -2,17 +2,21 @@
 operator's launch module), on CPU with the gloo backend: real TRL, real DeepSpeed, a tiny model.
 
 The same global batch over one process or two must train the same model; ZeRO-3 must save a
-plain folder; the reference log-probs computed once before DPO must give the loss a second,
+plain folder, and a checkpoint saved on two nodes (two torchrun agents with separate scratch)
+must resume on two fresh ones; the reference log-probs computed once before DPO must give the loss a second,
 resident reference model gives; LoRA must train and come out merged into a plain folder.
 """
 
 from __future__ import annotations
 
+import json
+import signal
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.training import LORA, Trained, train
+from tests.fixtures.cluster import wait_for
+from tests.fixtures.training import LORA, Trained, finished, launch_nodes, stage_program, train
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +76,37 @@ def test_zero3_saves_a_plain_folder_with_every_weight_whole(sft_runs, tiny_model
     assert {path.name for path in sft_runs["zero3"].model.iterdir()} >= {"config.json", "model.safetensors",
                                                                          "tokenizer.json", "_manifest.json"}
     assert not [path.name for path in sft_runs["zero3"].model.iterdir() if path.name.startswith("global_step")]
+
+
+def test_a_checkpoint_saved_on_two_nodes_resumes_on_two_fresh_nodes(sft_runs, tiny_model, tmp_path):
+    # Two torchrun agents, one process each, with separate scratch: each node holds only its own
+    # ZeRO-3 shards, so the committed checkpoint is complete only if both uploaded their part.
+    program, model = stage_program(tmp_path, "sft", 1, ("sft.zeroStage", 3), ("sft.checkpointEvery", 5),
+                                   base=tiny_model, nodes=2)
+    first = launch_nodes(tmp_path / "first", program, 2, env={"SELFREWARD_FAILPOINT": "checkpoint/sft/10"})
+    try:
+        rank0_log = tmp_path / "first" / "node-0" / "stderr"
+        wait_for(lambda: "failpoint checkpoint/sft/10 reached" in rank0_log.read_text() or
+                 any(agent.poll() is not None for agent in first), 600, "checkpoint 10 to be uploaded")
+        assert all(agent.poll() is None for agent in first), rank0_log.read_text()[-4000:]
+    finally:
+        for agent in first:
+            agent.send_signal(signal.SIGKILL)
+            agent.wait()
+    checkpoint5 = tmp_path / "storage" / "iter-01" / "checkpoints" / "checkpoint-5"
+    shards = [name for name in json.loads((checkpoint5 / "_manifest.json").read_text())["files"] if "zero_pp_rank" in name]
+    assert {name.split("zero_pp_rank_")[1][0] for name in shards} == {"0", "1"}  # both nodes' shards
+
+    second = launch_nodes(tmp_path / "second", program, 2)
+    for agent in second:
+        agent.wait(timeout=900)
+    out = tmp_path / "second" / "node-0"
+    resumed = finished(second[0].returncode, (out / "stdout").read_text(), (out / "stderr").read_text(), model)
+
+    assert second[1].returncode == 0
+    metrics = resumed.summary["metrics"]
+    assert (metrics["resumedFromStep"], metrics["steps"], metrics["processes"]) == (5, 15, 2)
+    assert largest_difference(sft_runs["zero3"], resumed) <= 0.01 * largest_change(sft_runs["zero3"], tiny_model)
 
 
 # --- the DPO reference ---------------------------------------------------------------------------
