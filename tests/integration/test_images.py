@@ -76,6 +76,8 @@ def test_the_training_image_compiles_deepspeeds_gpu_ops_and_keeps_no_compiler():
     compile_step = next(step.arguments for step in steps if "DS_BUILD_FUSED_ADAM=1" in step.arguments)
     assert "DS_ACCELERATOR=cuda" in compile_step and "TORCH_CUDA_ARCH_LIST" in compile_step
     assert "--no-build-isolation-package deepspeed" in compile_step
+    # Never a cached wheel of the same version built without ops (the workspace's CPU build).
+    assert "--no-cache" in compile_step
     # The last sync drops the compiler wheels (the ops-build group); the final stage installs none.
     last_sync = [step.arguments for step in steps if " uv sync " in f" {step.arguments} "][-1]
     assert "--group ops-build" not in last_sync
