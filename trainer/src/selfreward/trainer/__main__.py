@@ -116,7 +116,21 @@ def main(argv: list[str] | None = None) -> int:
         from selfreward.trainer.backends import close_all
 
         close_all()
+        leave_process_group()
     return 0
+
+
+def leave_process_group() -> None:
+    """Destroy torch.distributed's process group before exit (training under torchrun). Left to
+    interpreter teardown, a process that finished first may abort on a communication thread
+    nobody joined ("terminate called without an active exception"), failing a launch that
+    succeeded."""
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
