@@ -271,6 +271,35 @@ def test_training_resumes_from_its_committed_checkpoint_after_the_scratch_is_del
     assert saved == ["checkpoint-16"]  # none at the last step: the model is committed instead
 
 
+def test_a_judge_that_cannot_score_stops_the_run_before_dpo_and_a_raised_limit_lets_it_go_on(tiny_model, tmp_path):
+    """The tiny model never writes a score line itself (every score is constrained), so with the
+    default parse-failure limit its judge stage fails the gate: the real figure, from real judging."""
+    run = quickstart_with(tmp_path, iterations=2, baseModel__uri=str(tiny_model), storage__uri=str(tmp_path / "storage"),
+                          evaluation__enabled=False, judge__gates__maxParseFailureRate=0.5, **FAST_SFT)
+    run_file, state = write_run(tmp_path, run), tmp_path / "state"
+
+    stopped = selfreward("--state-dir", str(state), "run", str(run_file))
+
+    assert stopped.returncode == 1, stopped.stdout[-4000:] + stopped.stderr[-4000:]
+    status = json.loads(selfreward("--state-dir", str(state), "status", str(run_file), "-o", "json").stdout)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    judge = stage_of(status, 2, "judge")
+    assert (status["phase"], failed["status"], failed["reason"]) == ("Failed", "True", "JudgeParseFailures")
+    figure = f"{judge['metrics']['parseFailures']} of {judge['metrics']['judgements']} judgements"
+    assert figure in failed["message"] and "spec.judge.gates.maxParseFailureRate 0.5" in failed["message"]
+    assert {g["name"]: g["passed"] for g in judge["gates"]}["parseFailureRate"] is False
+    assert all(s["name"] != "dpo" for s in next(e for e in status["iterations"] if e["iteration"] == 2)["stages"])
+
+    run["spec"]["judge"]["gates"]["maxParseFailureRate"] = 1.0
+    resumed = selfreward("--state-dir", str(state), "run", str(write_run(tmp_path, run)))
+
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
+    final = json.loads(selfreward("--state-dir", str(state), "status", str(run_file), "-o", "json").stdout)
+    assert final["phase"] == "Succeeded"
+    assert stage_of(final, 2, "judge")["attempt"] == 1  # judged once: the limit is not part of what the judge made
+    assert stage_of(final, 2, "dpo")["state"] == "Succeeded"
+
+
 def make_model_folder(client, bucket: str, prefix: str) -> None:
     for name, data in {"config.json": b"{}", "model.safetensors": b"\x00" * 8, "tokenizer.json": b"{}"}.items():
         client.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=data)

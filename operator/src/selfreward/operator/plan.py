@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping
 
-from selfreward.operator import layout
+from selfreward.operator import gates, layout
 
 INFERENCE_STAGES = ("instruct", "generate", "judge", "evaluate")
 SHARDED_STAGES = ("generate", "judge")
@@ -49,14 +49,20 @@ EXECUTION_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Fields that only the operator reads: how it judges a stage's result, not how the stage runs.
+OPERATOR_FIELDS: dict[str, tuple[str, ...]] = {
+    "judge": ("gates",),
+}
+
+
 def stage_sections(spec: dict[str, Any], stage: str) -> dict[str, Any]:
     """The part of the spec a stage's result depends on, as {section: {field: value}} (absent
-    fields and execution fields left out)."""
+    fields, execution fields and operator fields left out)."""
     sections: dict[str, Any] = {}
     for path in STAGE_SECTIONS[stage]:
         section, _, name = path.partition(".")
         if not name:
-            excluded = EXECUTION_FIELDS.get(section, ())
+            excluded = EXECUTION_FIELDS.get(section, ()) + OPERATOR_FIELDS.get(section, ())
             sections[section] = {key: value for key, value in spec[section].items() if key not in excluded}
         elif name in spec[section]:
             sections.setdefault(section, {})[name] = spec[section][name]
@@ -156,6 +162,8 @@ def plan(spec: dict[str, Any], status: dict[str, Any], root: str, identities: Ma
             recorded = current.get("fingerprint")  # absent in statuses written before fingerprints
             changed = state != StageState.PENDING.value and recorded is not None and recorded != expected
             if state == StageState.SUCCEEDED.value and not changed:
+                if stage == "judge" and (failed := _failed_gates(spec, status, iteration, current)):
+                    return Failed(iteration, stage, failed[0].gate.reason, "; ".join(f.message(iteration) for f in failed))
                 continue
             attempt = current.get("attempt", 0)
             if state == StageState.RUNNING.value:
@@ -167,6 +175,13 @@ def plan(spec: dict[str, Any], status: dict[str, Any], root: str, identities: Ma
                 return Suspended()
             return step_for(spec, root, iteration, stage, attempt + 1, status, expected, restart=changed)
     return Done()
+
+
+def _failed_gates(spec: dict[str, Any], status: dict[str, Any], iteration: int, judge: dict[str, Any]) -> list[gates.GateResult]:
+    """The judge gates that stop `iteration` before DPO trains on its pairs (none once it has)."""
+    if stage_status(status, iteration, "dpo").get("state") == StageState.SUCCEEDED.value:
+        return []
+    return gates.blocking(judge.get("metrics", {}), spec["judge"]["gates"])
 
 
 def resume_step(spec: dict[str, Any], status: dict[str, Any], root: str, waiting: Waiting,

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
+from selfreward.operator import gates
 from selfreward.operator import plan as planner
 from selfreward.operator.plan import StageState
 
@@ -180,6 +181,9 @@ def summarize(
     new = copy.deepcopy(status)
     for entry in new.get("iterations", []):
         entry["phase"] = iteration_phase(entry, planner.stages_of(entry["iteration"], spec)).value
+        for item in entry.get("stages", []):
+            if item["name"] == "judge" and item["state"] == StageState.SUCCEEDED.value:
+                item["gates"] = [result.as_status() for result in gates.check(item.get("metrics", {}), spec["judge"]["gates"])]
         if isinstance(decision, planner.Failed) and entry["iteration"] == decision.iteration:
             entry["phase"] = Phase.FAILED.value
     C = ConditionType
