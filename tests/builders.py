@@ -109,8 +109,9 @@ def status_with(*stages: tuple, **top: Any) -> dict[str, Any]:
 
 
 def iteration_stages(iteration: int, evaluation: bool = True) -> tuple[str, ...]:
-    stages = ("sft",) if iteration == 1 else ("instruct", "generate", "judge", "dpo")
-    return stages + (("evaluate",) if evaluation else ())
+    if iteration == 1:
+        return ("sft", "evaluate") if evaluation else ("sft",)
+    return ("instruct", "generate", "judge", "dpo") + (("evaluate", "compare") if evaluation else ())
 
 
 def succeeded_through(last_iteration: int, evaluation: bool = True, then: tuple[tuple, ...] = ()) -> dict[str, Any]:

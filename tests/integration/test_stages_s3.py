@@ -1,7 +1,8 @@
 """Every stage program on a tiny model, with real vLLM (CPU), real TRL and a real S3 server.
 
 One pipeline per module (engine loads cost tens of seconds on CPU): SFT on the seed data, then
-evaluate + instruct + generate + judge of M1 in one process (one vLLM engine), then DPO to M2.
+evaluate + instruct + generate + judge of M1 in one process (one vLLM engine), then DPO to M2,
+then evaluate of M2 and compare (M2 against M1, judged by M2) in one process.
 Each test checks one property of what that pipeline left in S3 or reported.
 """
 
@@ -45,9 +46,9 @@ def pipeline(s3_server, tiny_model, tmp_path_factory):
     status: dict = {}
     results = {}
 
-    def run_chain(name):
+    def run_chain(name, steps=None):
         nonlocal status
-        chain = planner.plan_chain(run.spec, status, root, status_core.record)
+        chain = planner.plan_chain(run.spec, status, root, status_core.record)[:steps]
         results[name] = run_stages([stage_config(run, root, step) for step in chain], env)
         for step, summary in zip(chain, results[name].summaries):
             status = status_core.record(status, step, summary)
@@ -56,6 +57,7 @@ def pipeline(s3_server, tiny_model, tmp_path_factory):
     results["sft_chain"] = run_chain("sft")
     results["m1_chain"] = run_chain("m1")
     results["dpo_chain"] = run_chain("dpo")
+    results["m2_chain"] = run_chain("m2", steps=2)  # evaluate and compare; not iteration 3
     # The same inference chain again: everything is committed, so everything is skipped.
     results["rerun"] = run_stages([stage_config(run, root, step) for step in results["m1_chain"]], env)
     storage = Storage(StorageOptions(endpoint=s3_server.endpoint, region=s3_server.region))
@@ -150,3 +152,39 @@ def test_a_stage_refuses_an_uncommitted_input(pipeline, tmp_path):
     assert result.code == 1
     assert "nothing there" in result.summaries[0]["error"]
     assert result.summaries[0]["permanent"] is False
+
+
+def test_evaluate_answers_each_held_out_prompt_once(pipeline):
+    storage, root = pipeline["storage"], pipeline["root"]
+    answers = storage.read_committed_jsonl(f"{root}/iter-01/evaluation", "responses.jsonl")
+    metrics = pipeline["m1"].summary("evaluate")["metrics"]
+    holdout = [json.loads(line)["prompt"] for line in (SEED / "holdout.jsonl").read_text().splitlines()]
+    assert [a["prompt"] for a in answers] == holdout
+    assert metrics["responses"] == 12 and metrics["responseChars"] == sum(len(a["response"]) for a in answers)
+
+
+def test_m2_is_evaluated_and_compared_with_m1_in_one_process(pipeline):
+    m2 = pipeline["m2"]
+    assert m2.code == 0, m2.stderr[-3000:]
+    assert [(s.iteration, s.stage) for s in pipeline["m2_chain"]] == [(2, "evaluate"), (2, "compare")]
+    assert all(s["ok"] for s in m2.summaries)
+    assert m2.stderr.count("Loading safetensors checkpoint shards: 100%") == 1
+
+
+def test_compare_judges_each_prompt_in_both_orders_and_its_counts_are_its_outcomes(pipeline):
+    from selfreward.trainer.pairwise import outcome
+
+    storage, root = pipeline["storage"], pipeline["root"]
+    rows = storage.read_committed_jsonl(f"{root}/iter-02/comparison", "verdicts.jsonl")
+    new = storage.read_committed_jsonl(f"{root}/iter-02/evaluation", "responses.jsonl")
+    old = storage.read_committed_jsonl(f"{root}/iter-01/evaluation", "responses.jsonl")
+    metrics = pipeline["m2"].summary("compare")["metrics"]
+    assert [(r["new"], r["old"]) for r in rows] == [(a["response"], b["response"]) for a, b in zip(new, old)]
+    assert all(len(r["judgements"]) == 2 and set(r["verdicts"]) <= {"A", "B", "tie"} for r in rows)
+    assert [r["outcome"] for r in rows] == [outcome(*r["verdicts"]) for r in rows]
+    counted = {k: sum(r["outcome"] == v for r in rows) for k, v in
+               (("headToHeadWins", "win"), ("headToHeadLosses", "loss"), ("headToHeadTies", "tie"), ("headToHeadUnjudged", "unjudged"))}
+    assert {k: metrics[k] for k in counted} == counted
+    assert sum(counted.values()) == 12 and metrics["comparisons"] == 24
+    # The tiny model writes no verdict line itself: the constraint supplies every verdict, counted.
+    assert metrics["constrainedVerdicts"] == sum(c for r in rows for c in r["constrained"]) == metrics["verdictParseFailures"]

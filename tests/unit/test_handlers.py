@@ -22,12 +22,12 @@ class Recorder(RunQueue):
             asyncio.get_running_loop().call_soon(self.poke, key)
 
 
-async def settle(queue: RunQueue, deadline: float = 5.0) -> None:
-    """Wait until the queue has no worker left (reconciles run in threads)."""
+async def settle(queue: RunQueue, deadline: float = 5.0, until=lambda: True) -> None:
+    """Wait until the queue has no worker left (reconciles run in threads) and `until()` holds."""
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
     await asyncio.sleep(0)
-    while queue.workers:
+    while queue.workers or not until():
         assert loop.time() < end, "the queue did not settle"
         await asyncio.sleep(0.005)
 
@@ -68,7 +68,8 @@ def test_a_failing_reconcile_is_tried_again_later_and_later():
     async def scenario():
         queue = Recorder(broken)
         queue.poke(KEY)
-        await settle(queue)
+        # A retry's poke is scheduled after its worker ends: no worker at that moment is not the end.
+        await settle(queue, until=lambda: len(queue.delays) == 8)
         return queue.delays
 
     delays = asyncio.run(scenario())
@@ -76,10 +77,12 @@ def test_a_failing_reconcile_is_tried_again_later_and_later():
 
 
 def test_a_success_resets_the_failure_backoff():
-    results = iter([RuntimeError("down"), RuntimeError("down"), Outcome(), RuntimeError("down")])
+    results = [RuntimeError("down"), RuntimeError("down"), Outcome(), RuntimeError("down")]
+    calls = []
 
     def flaky(*key):
-        result = next(results, Outcome())
+        calls.append(key)
+        result = results[len(calls) - 1] if len(calls) <= len(results) else Outcome()
         if isinstance(result, Exception):
             raise result
         return result
@@ -87,9 +90,9 @@ def test_a_success_resets_the_failure_backoff():
     async def scenario():
         queue = Recorder(flaky)
         queue.poke(KEY)
-        await settle(queue)
+        await settle(queue, until=lambda: len(calls) == 3)  # two failures, then the success
         queue.poke(KEY)
-        await settle(queue)
+        await settle(queue, until=lambda: len(queue.delays) == 3)
         return queue.delays
 
     assert asyncio.run(scenario())[:3] == [2.0, 4.0, 2.0]

@@ -109,7 +109,7 @@ def steps_of_iteration_2(spec=SPEC):
 
 
 def test_iteration_2_runs_its_stages_in_order():
-    assert [step.stage for step in steps_of_iteration_2()] == ["instruct", "generate", "judge", "dpo", "evaluate"]
+    assert [step.stage for step in steps_of_iteration_2()] == ["instruct", "generate", "judge", "dpo", "evaluate", "compare"]
 
 
 @pytest.mark.parametrize(("stage", "model"), ITERATION_2)

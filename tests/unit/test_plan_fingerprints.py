@@ -16,7 +16,7 @@ from tests.builders import BASE_MODEL, ROOT, defaulted_spec, find_stage
 SPEC = defaulted_spec()
 SEED_INSTRUCTIONS = SPEC["seed"]["instructions"]
 EVERY_STAGE = [(1, "sft"), (1, "evaluate")] + [
-    (t, stage) for t in (2, 3) for stage in ("instruct", "generate", "judge", "dpo", "evaluate")
+    (t, stage) for t in (2, 3) for stage in ("instruct", "generate", "judge", "dpo", "evaluate", "compare")
 ]
 
 
@@ -102,8 +102,8 @@ def test_editing_judge_samples_reruns_every_judging_stage_and_everything_made_fr
 
     assert stages_of(reruns(new_spec=edited)) == [
         (1, "evaluate"),
-        (2, "judge"), (2, "dpo"), (2, "evaluate"),
-        (3, "instruct"), (3, "generate"), (3, "judge"), (3, "dpo"), (3, "evaluate"),
+        (2, "judge"), (2, "dpo"), (2, "evaluate"), (2, "compare"),
+        (3, "instruct"), (3, "generate"), (3, "judge"), (3, "dpo"), (3, "evaluate"), (3, "compare"),
     ]
 
 
@@ -114,8 +114,8 @@ def test_a_rerun_judge_makes_dpo_and_evaluate_of_its_iteration_and_all_later_sta
     assert judged.ran()[-1] == (2, "judge")
 
     assert stages_of(drive(edited, judged.status).steps) == [
-        (2, "dpo"), (2, "evaluate"),
-        (3, "instruct"), (3, "generate"), (3, "judge"), (3, "dpo"), (3, "evaluate"),
+        (2, "dpo"), (2, "evaluate"), (2, "compare"),
+        (3, "instruct"), (3, "generate"), (3, "judge"), (3, "dpo"), (3, "evaluate"), (3, "compare"),
     ]
 
 
@@ -125,12 +125,27 @@ def test_editing_the_sft_learning_rate_reruns_sft_and_everything_after_it():
     assert stages_of(reruns(new_spec=edited)) == EVERY_STAGE
 
 
-def test_editing_the_evaluation_holdout_reruns_only_the_evaluate_stages():
-    # evaluation.enabled is the evaluation section's only field, and turning it off removes the
-    # stages; the holdout file is the one input that only evaluate reads.
+def test_editing_the_evaluation_holdout_reruns_only_the_evaluation_stages():
+    # The holdout file is the one input that only evaluate reads; compare reads what evaluate made.
     edited = defaulted_spec(("seed.evaluationHoldout", "seed/holdout-v2.jsonl"))
 
-    assert stages_of(reruns(new_spec=edited)) == [(1, "evaluate"), (2, "evaluate"), (3, "evaluate")]
+    assert stages_of(reruns(new_spec=edited)) == [
+        (1, "evaluate"), (2, "evaluate"), (2, "compare"), (3, "evaluate"), (3, "compare")]
+
+
+def test_editing_the_head_to_head_judgement_length_reruns_only_the_compare_stages():
+    edited = defaulted_spec(("evaluation.headToHead.maxTokens", 64))
+
+    assert stages_of(reruns(new_spec=edited)) == [(2, "compare"), (3, "compare")]
+
+
+def test_a_fixed_head_to_head_judge_is_an_input_of_compare_alone():
+    edited = defaulted_spec(("evaluation.headToHead.judge", "s3://models/judge"))
+
+    assert stages_of(reruns(new_spec=edited, new_identities={"s3://models/judge": "j1"})) == [(2, "compare"), (3, "compare")]
+    changed = reruns(old_spec=edited, new_spec=edited, old_identities={"s3://models/judge": "j1"},
+                     new_identities={"s3://models/judge": "j2"})
+    assert stages_of(changed) == [(2, "compare"), (3, "compare")]
 
 
 def test_every_rerun_step_is_a_restart_with_the_next_attempt():

@@ -119,7 +119,7 @@ def test_the_running_steps_are_the_steps_the_child_was_built_from():
 def test_a_spec_edit_while_a_chain_runs_does_not_change_what_it_is_recorded_as():
     before_edit = next_chain(TWO_SHARDS, succeed(AFTER_SFT, next_chain(TWO_SHARDS, AFTER_SFT)))
     status = start(succeed(AFTER_SFT, next_chain(TWO_SHARDS, AFTER_SFT)), before_edit, "demo-i02-generate-a1")
-    edited = defaulted_spec(("placement.inference.replicas", 4), ("generation.temperature", 1.0))
+    edited = defaulted_spec(("placement.inference.replicas", 4), ("generation.candidates", 6))
 
     _, steps = running_chain(status, planner.Waiting(2, "generate"))
 

@@ -11,6 +11,7 @@ STAGE_OUTPUTS: dict[str, dict[str, str]] = {
     "judge": {"judgements": "judgements", "pairs": "pairs"},
     "dpo": {"model": "model", "checkpoints": "checkpoints"},
     "evaluate": {"evaluation": "evaluation"},
+    "compare": {"comparison": "comparison"},
 }
 
 

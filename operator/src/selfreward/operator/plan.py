@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from selfreward.operator import gates, layout
 
-INFERENCE_STAGES = ("instruct", "generate", "judge", "evaluate")
+INFERENCE_STAGES = ("instruct", "generate", "judge", "evaluate", "compare")
 SHARDED_STAGES = ("generate", "judge")
 # The spec each stage program needs (DESIGN principle 3): whole sections, or "section.field" where a
 # stage reads only part of one. It is also what a stage's fingerprint covers, so it must be exact:
@@ -35,7 +35,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "generate": ("generation",),
     "judge": ("judge", "pairs"),
     "dpo": ("dpo",),
-    "evaluate": ("judge", "pairs", "evaluation"),
+    "evaluate": ("judge", "pairs", "generation.temperature", "generation.topP", "generation.maxTokens"),
+    "compare": ("judge.constrainedScore", "evaluation.headToHead"),
 }
 
 
@@ -133,12 +134,18 @@ Decision = Step | Done | Suspended | Failed | Waiting
 
 
 # Every stage in the order they run within an iteration (stages_of picks those an iteration has).
-STAGE_ORDER = ("sft", "instruct", "generate", "judge", "dpo", "evaluate")
+STAGE_ORDER = ("sft", "instruct", "generate", "judge", "dpo", "evaluate", "compare")
 
 
 def stages_of(iteration: int, spec: dict[str, Any]) -> tuple[str, ...]:
-    stages = ("sft",) if iteration == 1 else ("instruct", "generate", "judge", "dpo")
-    return stages + (("evaluate",) if spec["evaluation"]["enabled"] else ())
+    """sft then evaluate in iteration 1; then the loop, evaluate, and M_t against M_(t-1) head to head."""
+    evaluation = spec["evaluation"]
+    if iteration == 1:
+        return ("sft", "evaluate") if evaluation["enabled"] else ("sft",)
+    stages = ("instruct", "generate", "judge", "dpo")
+    if not evaluation["enabled"]:
+        return stages
+    return stages + (("evaluate", "compare") if evaluation["headToHead"]["enabled"] else ("evaluate",))
 
 
 def stage_status(status: dict[str, Any], iteration: int, stage: str) -> dict[str, Any]:
@@ -205,7 +212,8 @@ def stage_inputs(spec: dict[str, Any], root: str, iteration: int, stage: str) ->
     base = spec["baseModel"]["uri"]
     trains_from = layout.model_uri(root, base, iteration - 1)
     folder = lambda name, t=iteration: layout.iteration_folder(root, t, name)  # noqa: E731
-    inputs: dict[str, Any] = {"model": layout.model_uri(root, base, iteration) if stage == "evaluate" else trains_from}
+    trained = layout.model_uri(root, base, iteration)
+    inputs: dict[str, Any] = {"model": trained if stage == "evaluate" else trains_from}
     if stage == "sft":
         inputs |= {"instructions": spec["seed"]["instructions"], "evaluations": spec["seed"]["evaluations"]}
     elif stage == "instruct":
@@ -222,6 +230,12 @@ def stage_inputs(spec: dict[str, Any], root: str, iteration: int, stage: str) ->
         inputs["pairs"] = folder("pairs")
     elif stage == "evaluate":
         inputs["holdout"] = spec["seed"]["evaluationHoldout"]
+    elif stage == "compare":
+        inputs |= {
+            "model": spec["evaluation"]["headToHead"].get("judge") or trained,
+            "responses": folder("evaluation"),
+            "previousResponses": folder("evaluation", iteration - 1),
+        }
     return inputs
 
 

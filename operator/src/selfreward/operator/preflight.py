@@ -32,6 +32,8 @@ def model_fields(spec: dict[str, Any]) -> list[tuple[str, str]]:
     fields = [("spec.baseModel.uri", spec["baseModel"]["uri"])]
     if spec["promptGeneration"].get("model"):
         fields.append(("spec.promptGeneration.model", spec["promptGeneration"]["model"]))
+    if spec["evaluation"]["headToHead"].get("judge"):
+        fields.append(("spec.evaluation.headToHead.judge", spec["evaluation"]["headToHead"]["judge"]))
     return fields
 
 

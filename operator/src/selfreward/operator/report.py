@@ -24,8 +24,12 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("exact match", "evaluate", "exactMatch"),
     ("Spearman", "evaluate", "spearman"),
     ("Kendall tau", "evaluate", "kendallTau"),
+    ("answer chars", "evaluate", "meanResponseChars"),
+    ("vs previous: win", "compare", "winRate"),
+    ("vs previous: loss", "compare", "lossRate"),
+    ("vs previous: tie", "compare", "tieRate"),
 )
-PERCENT = {"pairwiseAccuracy", "fiveBest", "exactMatch"}
+PERCENT = {"pairwiseAccuracy", "fiveBest", "exactMatch", "winRate", "lossRate", "tieRate"}
 
 
 def metric(entry: dict[str, Any], stage: str, name: str) -> Any:

@@ -141,6 +141,13 @@ def derived_metrics(stage: str, metrics: dict[str, Any]) -> dict[str, Any]:
         result["meanRejectedScore"] = round(metrics.get("rejectedScoreSum", 0) / pairs, 4) if pairs else None
     if stage == "generate" and metrics.get("candidates"):
         result["meanCandidateChars"] = round(metrics["candidateChars"] / metrics["candidates"], 1)
+    if stage == "evaluate" and metrics.get("responses"):
+        result["meanResponseChars"] = round(metrics["responseChars"] / metrics["responses"], 1)
+    if stage == "compare":
+        outcomes = {name: metrics.get(f"headToHead{name}", 0) for name in ("Wins", "Losses", "Ties")}
+        judged = sum(outcomes.values())
+        for name, rate in (("Wins", "winRate"), ("Losses", "lossRate"), ("Ties", "tieRate")):
+            result[rate] = round(outcomes[name] / judged, 4) if judged else None
     return {k: v for k, v in result.items() if v is not None}
 
 

@@ -40,19 +40,20 @@ def die_with_launcher() -> None:
 
 
 def _runner(stage: Stage) -> Callable[..., StageResult]:
-    from selfreward.trainer import dpo, evaluate, generate, instruct, judge, sft
+    from selfreward.trainer import compare, dpo, evaluate, generate, instruct, judge, sft
 
     return {
         Stage.INSTRUCT: instruct.run,
         Stage.GENERATE: generate.run,
         Stage.JUDGE: judge.run,
         Stage.EVALUATE: evaluate.run,
+        Stage.COMPARE: compare.run,
         Stage.SFT: sft.run,
         Stage.DPO: dpo.run,
     }[stage]
 
 
-INFERENCE = {Stage.INSTRUCT, Stage.GENERATE, Stage.JUDGE, Stage.EVALUATE}
+INFERENCE = {Stage.INSTRUCT, Stage.GENERATE, Stage.JUDGE, Stage.EVALUATE, Stage.COMPARE}
 
 
 def run_stage(config: StageConfig, storage: Storage) -> dict[str, Any]:

@@ -35,6 +35,7 @@ class Stage(str, Enum):
     SFT = "sft"
     DPO = "dpo"
     EVALUATE = "evaluate"
+    COMPARE = "compare"
 
 
 class _Strict(BaseModel):

@@ -1,0 +1,106 @@
+"""Head-to-head judging: which of two models answered a held-out prompt better (pure).
+
+The paper measures instruction following by having a judge compare M_t's answer with
+M_(t-1)'s on the same held-out prompt, in both orders (so a judge that prefers whichever answer
+comes first cancels out). This module holds the comparison prompt, the verdict parser and the
+bookkeeping; the compare stage runs the judge.
+
+Per prompt, the two orders' verdicts combine into one outcome for the newer model:
+- win: it is preferred in both orders, or in one with a tie in the other;
+- loss: the older model is, the same way;
+- tie: both orders tie, or they disagree (each order prefers the answer in the same position);
+- unjudged: an order has no valid verdict. Unjudged prompts are counted and left out of the rates.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Literal
+
+Verdict = Literal["A", "B", "tie"]
+Preference = Literal["new", "old", "tie"]
+Outcome = Literal["win", "loss", "tie", "unjudged"]
+OUTCOMES: tuple[Outcome, ...] = ("win", "loss", "tie", "unjudged")
+
+VERDICT_LABEL = "Winner:"
+VERDICT_CHOICES: tuple[Verdict, ...] = ("A", "B", "tie")
+
+COMPARISON_TEMPLATE = """\
+Two assistants answered the same question. Decide which response serves the user better: \
+the one that answers the question more directly, correctly and helpfully, with nothing \
+irrelevant. Do not prefer a response for being longer, and do not let the order in which \
+they appear sway you.
+
+[Question]
+{prompt}
+
+[Response A]
+{first}
+
+[Response B]
+{second}
+
+Explain your decision in no more than 60 words. Then write the final line exactly as \
+"Winner: A", "Winner: B" or "Winner: tie"."""
+
+# The last "winner:" label wins; what follows must be A, B or tie (any case) and nothing more.
+_VERDICT_PATTERN = re.compile(r"(?<![a-z])winner[ \t]*[*_]{0,2}[ \t]*:[ \t]*[*_]{0,2}[ \t]*(?P<value>[a-z]+)?", re.IGNORECASE)
+
+
+def render_comparison(prompt: str, first: str, second: str) -> str:
+    return COMPARISON_TEMPLATE.format(prompt=prompt, first=first, second=second)
+
+
+def parse_verdict(text: str) -> Verdict | None:
+    """The verdict of the last "Winner:" label; None when there is none or it is not A, B or tie."""
+    last = None
+    for last in _VERDICT_PATTERN.finditer(text):
+        pass
+    if last is None or last["value"] is None:
+        return None
+    value = last["value"].lower()
+    return {"a": "A", "b": "B", "tie": "tie"}.get(value)
+
+
+def verdict_head(judgement: str) -> str:
+    """The judgement up to where its verdict goes, for a verdict decoded under constraint: cut at
+    its last label, or with a last line "Winner:" added. The head plus " A" parses as A."""
+    last = None
+    for last in _VERDICT_PATTERN.finditer(judgement):
+        pass
+    if last is not None:
+        return judgement[: last.start()] + VERDICT_LABEL
+    text = judgement.rstrip()
+    return f"{text}\n{VERDICT_LABEL}" if text else VERDICT_LABEL
+
+
+def preference(verdict: Verdict | None, new_is_first: bool) -> Preference | None:
+    """Which model a verdict prefers, given where the newer model's answer was shown."""
+    if verdict is None:
+        return None
+    if verdict == "tie":
+        return "tie"
+    return "new" if (verdict == "A") == new_is_first else "old"
+
+
+def outcome(new_first: Verdict | None, new_second: Verdict | None) -> Outcome:
+    """One prompt's outcome for the newer model from its two orders' verdicts: `new_first` judged
+    with the newer model's answer as A, `new_second` with it as B."""
+    preferences = {preference(new_first, True), preference(new_second, False)}
+    if None in preferences:
+        return "unjudged"
+    if preferences <= {"new", "tie"} and "new" in preferences:
+        return "win"
+    if preferences <= {"old", "tie"} and "old" in preferences:
+        return "loss"
+    return "tie"
+
+
+def tally(outcomes: Sequence[Outcome]) -> dict[str, int]:
+    """Counts of each outcome, as the stage's additive metrics."""
+    counts = Counter(outcomes)
+    return {"headToHeadWins": counts["win"], "headToHeadLosses": counts["loss"],
+            "headToHeadTies": counts["tie"], "headToHeadUnjudged": counts["unjudged"]}
+
