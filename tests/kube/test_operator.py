@@ -108,7 +108,7 @@ def test_every_stage_start_and_success_is_an_event(srr_crd, paper):
     reasons = [(e["reason"], e["message"]) for e in run_events(srr_crd, namespace)]
     started = [m for r, m in reasons if r == "StageStarted"]
     succeeded = [m for r, m in reasons if r == "StageSucceeded"]
-    assert len(started) == len(succeeded) == 12  # sft, evaluate, then 5 stages in each of 2 iterations
+    assert len(started) == len(succeeded) == 14  # sft, evaluate, then 6 stages in each of 2 iterations
     assert "iteration 2 judge (attempt 1) started: paper-i02-generate-a1" in started
     assert ("RunSucceeded", "every iteration up to 3 finished") in reasons
 

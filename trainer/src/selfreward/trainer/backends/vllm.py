@@ -33,6 +33,14 @@ def _progress_bar(progress: Progress | None):
     return factory
 
 
+def _cpu_dtype(model_dir: Path) -> str:
+    """The model's own dtype where the CPU build runs it well (bfloat16 is about 1.5x faster than
+    float32 for a 135M model here); float32 for anything else (float16 models included)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    saved = config.get("dtype") or config.get("torch_dtype")
+    return "bfloat16" if saved == "bfloat16" else "float32"
+
+
 class VllmBackend(ChatTokenizer):
     def __init__(self, model_dir: Path, seed: int, processes: int = 1):
         import torch
@@ -46,7 +54,7 @@ class VllmBackend(ChatTokenizer):
             "enable_prefix_caching": True,
             "tensor_parallel_size": processes,
             "enforce_eager": not on_gpu,
-            "dtype": "auto" if on_gpu else "float32",
+            "dtype": "auto" if on_gpu else _cpu_dtype(model_dir),
         }
         arguments.update(json.loads(os.environ.get(EXTRA_ARGS_ENV, "{}")))
         self.llm = LLM(**arguments)
