@@ -75,6 +75,19 @@ def processes_running(marker: str) -> list[str]:
     return found
 
 
+def processes_with(value: str) -> list[str]:
+    """Command lines of this machine's processes whose environment holds `value` (vLLM names its
+    engine process "VLLM::EngineCore": only its environment says which run it belongs to)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if value.encode() in environ.read_bytes():
+                found.append((environ.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200])
+        except OSError:
+            continue
+    return found
+
+
 @dataclass
 class ResumedRun:
     """A 2-iteration run killed (SIGKILL) while its judge stage was running, then finished by the
@@ -128,6 +141,8 @@ def resumed_run(s3_server, module_bucket, tiny_model, tmp_path_factory) -> Resum
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
+    # The judge stage program and its vLLM engine process die with the executor.
+    wait_for(lambda: not processes_with(env["SELFREWARD_WORKDIR"]), 60, "the killed run's stage and engine processes to exit")
     interrupted = json.loads((state / "default" / "quickstart" / "status.json").read_text())
     resumed = selfreward("--state-dir", str(state), "run", str(run_file), env=env)
     final = json.loads(selfreward("--state-dir", str(state), "status", str(run_file), "-o", "json").stdout)

@@ -118,6 +118,28 @@ def test_an_iteration_already_trained_on_its_pairs_is_not_failed_afterwards():
     assert not isinstance(planner.plan(SPEC, status, ROOT), Failed)
 
 
+def test_a_running_dpo_is_waited_for_even_if_a_limit_is_tightened_meanwhile():
+    status = judged(COLLAPSED_JUDGE, (2, "dpo", "Running"))
+
+    assert planner.plan(SPEC, status, ROOT) == planner.Waiting(2, "dpo")
+
+
+def test_a_suspended_run_stays_suspended_rather_than_failing_on_a_gate():
+    assert planner.plan(defaulted_spec(("suspend", True)), judged(COLLAPSED_JUDGE), ROOT) == planner.Suspended()
+
+
+def test_dpo_run_again_after_a_spec_edit_is_gated_too():
+    trained = judged(COLLAPSED_JUDGE, (2, "dpo", "Succeeded"), (2, "evaluate", "Succeeded"))
+    relaxed = defaulted_spec(("judge.gates.maxModalScoreShare", 1.0))
+    for item in trained["iterations"][1]["stages"]:  # as recorded under the relaxed limit
+        item["fingerprint"] = Fingerprints(relaxed, ROOT, {}).of(2, item["name"])
+    edited = defaulted_spec(("dpo.beta", 0.2))  # reruns DPO under the default limit
+
+    decision = planner.plan(edited, trained, ROOT)
+
+    assert isinstance(decision, Failed) and decision.reason == "JudgeScoreCollapse"
+
+
 def test_gates_are_not_part_of_any_fingerprint_or_stage_config():
     relaxed = defaulted_spec(("judge.gates.maxTieRate", 1.0), ("judge.gates.onViolation", "Warn"))
     for stage in ("judge", "evaluate", "dpo"):

@@ -8,7 +8,9 @@ from selfreward.trainer.pairwise import outcome, parse_verdict, render_compariso
 
 @pytest.mark.parametrize(("text", "verdict"), [
     ("B is clearer.\nWinner: B", "B"),
-    ("Winner: a", "A"),
+    ("Winner: a tie", None),      # not verdict A
+    ("Winner: A is better", None),
+    ("Winner: TIE", "tie"),
     ("**Winner:** Tie", "tie"),
     ("First I thought Winner: A, but no.\nWinner: B", "B"),
     ("Winner: both", None),

@@ -2,7 +2,7 @@
 
 A judge that cannot write a score, that scores every candidate alike, or that gives nearly every
 judgement the same score yields preference pairs that are noise, and DPO on noise only wastes
-a training round (METHOD.md, "judge collapse"). After a judge stage succeeds, its totals (the
+a training round (the paper's loop is known for judges that collapse). After a judge stage succeeds, its totals (the
 shard metrics added up) are compared with spec.judge.gates:
 
 - parseFailureRate: judgements without a valid score of the model's own (a constrained score
@@ -12,8 +12,9 @@ shard metrics added up) are compared with spec.judge.gates:
 - modalScoreShare: the share of the most common score among the scored judgements (1.0 when
   every judgement gives the same score).
 
-The planner checks them on every pass from status, so a gate is never stored as a decision:
-relaxing a limit (or switching onViolation to Warn) lets the run go on without judging again.
+The planner checks them from status whenever DPO of that iteration is next (also when it is to
+run again), so a gate is never stored as a decision: relaxing a limit (or switching onViolation
+to Warn) lets the run go on without judging again.
 A gate with nothing to measure (no judgements) passes.
 """
 

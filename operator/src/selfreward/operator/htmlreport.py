@@ -117,10 +117,10 @@ def _plot(name: str, data: dict[str, Any], path: Path) -> None:
     if name == "scores":
         labels = sorted(data["chosenScores"], key=int)
         for offset, (key, colour) in enumerate((("chosenScores", "tab:green"), ("rejectedScores", "tab:red"))):
-            values = [data[key][t] for t in labels]
-            positions = [i + (offset - 0.5) * 0.4 for i in range(len(labels))]
-            if any(values):
-                parts = axes.violinplot([v or [0.0] for v in values], positions=positions, widths=0.35, showmeans=True)
+            shown = [(i, data[key][t]) for i, t in enumerate(labels) if data[key][t]]  # no pairs, no violin
+            if shown:
+                positions = [i + (offset - 0.5) * 0.4 for i, _ in shown]
+                parts = axes.violinplot([v for _, v in shown], positions=positions, widths=0.35, showmeans=True)
                 for body in parts["bodies"]:
                     body.set_facecolor(colour)
                 for lines in ("cbars", "cmins", "cmaxes", "cmeans"):
@@ -135,7 +135,7 @@ def _plot(name: str, data: dict[str, Any], path: Path) -> None:
             values = [v or 0.0 for v in data[key]]
             axes.bar(x, values, bottom=bottom, color=colour, label=key.replace("Rate", ""))
             bottom = [b + v for b, v in zip(bottom, values)]
-        axes.set_ylabel("share of held-out prompts")
+        axes.set_ylabel("share of the judged held-out prompts")
         axes.set_title("M_t against M_(t-1), head to head")
     else:
         keys = {"judge": ("parseFailureRate", "judgeTieRate"), "length": ("meanAnswerChars", "meanCandidateChars"),
@@ -163,8 +163,8 @@ def _examples(artifacts: Artifacts) -> str:
             parts.append(f"<div class='prompt'><p><b>Prompt:</b> {html.escape(row['prompt'])}</p><ol>")
             for candidate in row["candidates"]:
                 first = candidate["judgements"][0] if candidate["judgements"] else ""
-                parts.append(f"<li><pre>{html.escape(candidate['text'])}</pre><p>scores {candidate['scores']} "
-                             f"(mean {candidate['mean']})</p><details><summary>first judgement</summary>"
+                parts.append(f"<li><pre>{html.escape(candidate['text'])}</pre><p>scores {html.escape(str(candidate['scores']))} "
+                             f"(mean {html.escape(str(candidate['mean']))})</p><details><summary>first judgement</summary>"
                              f"<pre>{html.escape(first)}</pre></details></li>")
             parts.append(f"</ol><p>pair: {html.escape(str(row['pair']))}</p></div>")
     for iteration, rows in sorted(artifacts.compared.items()):
@@ -173,7 +173,7 @@ def _examples(artifacts: Artifacts) -> str:
             parts.append(f"<div class='prompt'><p><b>Prompt:</b> {html.escape(row['prompt'])}</p>"
                          f"<p><b>M{iteration}:</b></p><pre>{html.escape(row['new'])}</pre>"
                          f"<p><b>M{iteration - 1}:</b></p><pre>{html.escape(row['old'])}</pre>"
-                         f"<p>verdicts {row['verdicts']}: <b>{row['outcome']}</b></p></div>")
+                         f"<p>verdicts {html.escape(str(row['verdicts']))}: <b>{html.escape(str(row['outcome']))}</b></p></div>")
     return "\n".join(parts)
 
 

@@ -10,6 +10,7 @@ resumes: committed stages are skipped by the planner, committed shards by the st
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -127,8 +128,12 @@ class LocalExecutor:
             command = launch.training_command(launch.local_launcher(self.python), 1, placement["processesPerReplica"],
                                               launch.local_rendezvous(), program)
             environment.update(launch.LOCAL_ENVIRONMENT)
+            # torchrun's workers die with it by themselves (the stage program asks for SIGKILL).
+            on_executor_death = signal.SIGKILL
         else:
             command = [self.python, *program]
+            # The stage program ends its vLLM engine process on SIGTERM before it exits.
+            on_executor_death = signal.SIGTERM
         with log_path.open("a", encoding="utf-8") as log:
             process = subprocess.Popen(
                 command,
@@ -137,7 +142,7 @@ class LocalExecutor:
                 text=True,
                 bufsize=1,
                 env=environment,
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(_die_with_parent, on_executor_death),
             )
             sink = LogSink(log)
             tail: deque[str] = deque(maxlen=LOG_TAIL)
@@ -181,12 +186,12 @@ class LocalExecutor:
             time.sleep(backoff)
 
 
-def _die_with_parent() -> None:
-    """Linux: the stage program gets SIGKILL when the executor dies, so no orphan keeps writing."""
+def _die_with_parent(signal_number: int) -> None:
+    """Linux: the stage program gets `signal_number` when the executor dies, so no orphan keeps writing."""
     import ctypes
 
     PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal_number)
 
 
 def exit_summary(code: int, last_output: str) -> dict[str, Any]:

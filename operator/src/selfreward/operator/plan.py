@@ -3,7 +3,9 @@
 Both executors (kopf handlers, and `selfreward run` locally) ask `plan` what to do and record
 what happened with `status.py`; neither decides anything itself. Iteration 1 trains M1 by SFT;
 iteration t > 1 makes prompts, candidates, judgements and pairs with M_(t-1), then trains M_t
-by DPO. Each iteration ends by evaluating its model when evaluation is enabled.
+by DPO, unless the judge's totals fail a judge-quality gate (gates.py). Each iteration ends by
+evaluating its model when evaluation is enabled, and from iteration 2 by comparing it with the
+model before it head to head (compare).
 
 Every step has a fingerprint: the spec sections and seed its stage uses, its input URIs, the
 fingerprints of the stages that make those inputs, and, where the executor can read them, the
@@ -169,8 +171,6 @@ def plan(spec: dict[str, Any], status: dict[str, Any], root: str, identities: Ma
             recorded = current.get("fingerprint")  # absent in statuses written before fingerprints
             changed = state != StageState.PENDING.value and recorded is not None and recorded != expected
             if state == StageState.SUCCEEDED.value and not changed:
-                if stage == "judge" and (failed := _failed_gates(spec, status, iteration, current)):
-                    return Failed(iteration, stage, failed[0].gate.reason, "; ".join(f.message(iteration) for f in failed))
                 continue
             attempt = current.get("attempt", 0)
             if state == StageState.RUNNING.value:
@@ -180,15 +180,12 @@ def plan(spec: dict[str, Any], status: dict[str, Any], root: str, identities: Ma
                     return Failed(iteration, stage, current.get("reason", "StageFailed"), current.get("message", ""))
             if spec["suspend"]:
                 return Suspended()
+            if stage == "dpo" and (failed := gates.blocking(stage_status(status, iteration, "judge").get("metrics", {}),
+                                                             spec["judge"]["gates"])):
+                # The judge's pairs are not worth training on (gates.py).
+                return Failed(iteration, "judge", failed[0].gate.reason, "; ".join(f.message(iteration) for f in failed))
             return step_for(spec, root, iteration, stage, attempt + 1, status, expected, restart=changed)
     return Done()
-
-
-def _failed_gates(spec: dict[str, Any], status: dict[str, Any], iteration: int, judge: dict[str, Any]) -> list[gates.GateResult]:
-    """The judge gates that stop `iteration` before DPO trains on its pairs (none once it has)."""
-    if stage_status(status, iteration, "dpo").get("state") == StageState.SUCCEEDED.value:
-        return []
-    return gates.blocking(judge.get("metrics", {}), spec["judge"]["gates"])
 
 
 def resume_step(spec: dict[str, Any], status: dict[str, Any], root: str, waiting: Waiting,

@@ -51,22 +51,24 @@ def packaged_gguf(distribution: str) -> Path:
 
 def convert(gguf: Path, folder: Path, dtype: str) -> dict[str, object]:
     """Dequantize `gguf` and save model and tokenizer into `folder`; returns facts about the model."""
+    if not gguf.is_file():
+        raise ImportFailed(f"{gguf}: no such file")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    if not gguf.is_file():
-        raise ImportFailed(f"{gguf}: no such file")
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if tokenizer.chat_template is None:
+            raise ImportFailed(f"{gguf}: the file has no chat template; the stages render prompts with it")
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, dtype),
             # Without dequantize the model remembers it was GGUF-quantized and refuses to save.
             quantization_config=GgufConfig(dequantize=True),
         )
+    except ImportFailed:
+        raise
     except (ValueError, KeyError, OSError) as error:
         raise ImportFailed(f"{gguf}: transformers cannot read it as a GGUF model: {error}") from error
-    if tokenizer.chat_template is None:
-        raise ImportFailed(f"{gguf}: the file has no chat template; the stages render prompts with it")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     config = model.config
@@ -83,7 +85,10 @@ def convert(gguf: Path, folder: Path, dtype: str) -> dict[str, object]:
 def import_model(gguf: Path, target: str, dtype: str = "bfloat16", storage: Storage | None = None) -> dict[str, object]:
     """Convert `gguf` and commit the folder at `target` (a local path or s3:// URI)."""
     storage = storage or Storage()
-    if storage.read_manifest(target) is not None or (not is_s3(target) and Path(target).exists() and any(Path(target).iterdir())):
+    local = None if is_s3(target) else Path(target)
+    if local is not None and local.exists() and not local.is_dir():
+        raise ImportFailed(f"{target} is a file: choose a new folder")
+    if storage.read_manifest(target) is not None or (local is not None and local.exists() and any(local.iterdir())):
         raise ImportFailed(f"{target} already holds files: choose an empty target or remove it first")
     started = time.monotonic()
     staging_parent = None if is_s3(target) else Path(target).resolve().parent

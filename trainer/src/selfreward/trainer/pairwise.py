@@ -45,8 +45,10 @@ they appear sway you.
 Explain your decision in no more than 60 words. Then write the final line exactly as \
 "Winner: A", "Winner: B" or "Winner: tie"."""
 
-# The last "winner:" label wins; what follows must be A, B or tie (any case) and nothing more.
-_VERDICT_PATTERN = re.compile(r"(?<![a-z])winner[ \t]*[*_]{0,2}[ \t]*:[ \t]*[*_]{0,2}[ \t]*(?P<value>[a-z]+)?", re.IGNORECASE)
+# The last "winner:" label wins; the rest of its line must be A or B (capital: "Winner: a tie" is
+# no verdict A) or tie (any case), with nothing more than emphasis or a full stop.
+_VERDICT_PATTERN = re.compile(r"(?<![a-z])winner[ \t]*[*_]{0,2}[ \t]*:(?P<rest>[^\n]*)", re.IGNORECASE)
+_VERDICT_VALUE = re.compile(r"[ \t*_]*(?P<value>A|B|[Tt][Ii][Ee])[ \t*_.]*")
 
 
 def render_comparison(prompt: str, first: str, second: str) -> str:
@@ -58,10 +60,12 @@ def parse_verdict(text: str) -> Verdict | None:
     last = None
     for last in _VERDICT_PATTERN.finditer(text):
         pass
-    if last is None or last["value"] is None:
+    if last is None:
         return None
-    value = last["value"].lower()
-    return {"a": "A", "b": "B", "tie": "tie"}.get(value)
+    value = _VERDICT_VALUE.fullmatch(last["rest"])
+    if value is None:
+        return None
+    return "tie" if value["value"].lower() == "tie" else value["value"]
 
 
 def verdict_head(judgement: str) -> str:
