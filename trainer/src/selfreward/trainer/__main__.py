@@ -134,22 +134,22 @@ def main(argv: list[str] | None = None) -> int:
         from selfreward.trainer.backends import close_all
 
         close_all()
-        leave_process_group()
     return 0
 
 
-def leave_process_group() -> None:
-    """Destroy torch.distributed's process group before exit (training under torchrun). Left to
-    interpreter teardown, a process that finished first may abort on a communication thread
-    nobody joined ("terminate called without an active exception"), failing a launch that
-    succeeded."""
-    if "torch.distributed" not in sys.modules:
-        return
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def exit_now(code: int) -> None:
+    """End a process started by torchrun without interpreter teardown. Its summary and artifacts
+    are written by now; what teardown (or destroying the process group) would still do is stop
+    torch.distributed's communication threads, and a thread still joinable then aborts the
+    process ("terminate called without an active exception", SIGABRT) when its peer has already
+    gone, failing a launch that succeeded. Seen in CI under load, also after destroying the group."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    if LAUNCHER_ENV in os.environ:
+        exit_now(exit_code)
+    sys.exit(exit_code)
