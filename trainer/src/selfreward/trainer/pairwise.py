@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Literal
 
+from selfreward.trainer.rubric import head_at_last_label, last_match
+
 Verdict = Literal["A", "B", "tie"]
 Preference = Literal["new", "old", "tie"]
 Outcome = Literal["win", "loss", "tie", "unjudged"]
@@ -57,9 +59,7 @@ def render_comparison(prompt: str, first: str, second: str) -> str:
 
 def parse_verdict(text: str) -> Verdict | None:
     """The verdict of the last "Winner:" label; None when there is none or it is not A, B or tie."""
-    last = None
-    for last in _VERDICT_PATTERN.finditer(text):
-        pass
+    last = last_match(_VERDICT_PATTERN, text)
     if last is None:
         return None
     value = _VERDICT_VALUE.fullmatch(last["rest"])
@@ -71,13 +71,7 @@ def parse_verdict(text: str) -> Verdict | None:
 def verdict_head(judgement: str) -> str:
     """The judgement up to where its verdict goes, for a verdict decoded under constraint: cut at
     its last label, or with a last line "Winner:" added. The head plus " A" parses as A."""
-    last = None
-    for last in _VERDICT_PATTERN.finditer(judgement):
-        pass
-    if last is not None:
-        return judgement[: last.start()] + VERDICT_LABEL
-    text = judgement.rstrip()
-    return f"{text}\n{VERDICT_LABEL}" if text else VERDICT_LABEL
+    return head_at_last_label(judgement, _VERDICT_PATTERN, VERDICT_LABEL)
 
 
 def preference(verdict: Verdict | None, new_is_first: bool) -> Preference | None:

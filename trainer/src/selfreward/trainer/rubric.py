@@ -107,9 +107,7 @@ def parse_score(text: str, low: int = LOWEST_SCORE, high: int = HIGHEST_SCORE) -
     a word, a negative number, another denominator) is a parse failure, even if an
     earlier label held a valid score.
     """
-    last_label = None
-    for last_label in _SCORE_PATTERN.finditer(text):
-        pass
+    last_label = last_match(_SCORE_PATTERN, text)
     if last_label is None or last_label["value"] is None or last_label["not_an_integer"]:
         return None
     denominator = last_label["denominator"]
@@ -126,13 +124,25 @@ def score_head(judgement: str) -> str:
     "Score:"; or, with no label at all, the text with a last line "Score:" appended. The
     head plus " N" always parses as N.
     """
-    last_label = None
-    for last_label in _SCORE_PATTERN.finditer(judgement):
+    return head_at_last_label(judgement, _SCORE_PATTERN, SCORE_LABEL)
+
+
+def last_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    """The last match of `pattern` in `text` (the last label wins), or None."""
+    last = None
+    for last in pattern.finditer(text):
         pass
-    if last_label is not None:
-        return judgement[: last_label.start()] + SCORE_LABEL
+    return last
+
+
+def head_at_last_label(judgement: str, pattern: re.Pattern[str], label: str) -> str:
+    """`judgement` cut at the start of its last `pattern` match with `label` written there, or with
+    a last line `label` added when there is none: where a constrained choice is decoded."""
+    last = last_match(pattern, judgement)
+    if last is not None:
+        return judgement[: last.start()] + label
     text = judgement.rstrip()
-    return f"{text}\n{SCORE_LABEL}" if text else SCORE_LABEL
+    return f"{text}\n{label}" if text else label
 
 
 def score_choices(low: int = LOWEST_SCORE, high: int = HIGHEST_SCORE) -> list[str]:
