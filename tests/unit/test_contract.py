@@ -67,10 +67,10 @@ def test_a_training_config_without_how_to_run_it_is_a_config_error():
 
 def test_how_a_stage_runs_is_read_from_the_config():
     execution = config(execution={"zeroStage": 3, "checkpointEvery": 50, "gradientCheckpointing": True,
-                                  "reference": "model"}).execution
+                                  "precision": "bf16", "reference": "model"}).execution
 
     assert (execution.zero_stage, execution.checkpoint_every, execution.gradient_checkpointing,
-            execution.reference) == (3, 50, True, "model")
+            execution.precision, execution.reference) == (3, 50, True, "bf16", "model")
 
 
 def test_bad_json_is_refused():
@@ -86,10 +86,14 @@ def test_bad_json_is_refused():
         pytest.param(stage_config(stage="train"), "config.stage", id="unknown-stage"),
         pytest.param(stage_config(iteration=0), "config.iteration", id="iteration-zero"),
         pytest.param(stage_config(run=None), "config.run", id="missing-run"),
-        pytest.param(stage_config(execution={"zeroStage": 4, "checkpointEvery": 1, "gradientCheckpointing": False}),
+        pytest.param(stage_config(execution={"zeroStage": 4, "checkpointEvery": 1, "gradientCheckpointing": False,
+                                             "precision": "auto"}),
                      "config.execution.zeroStage", id="zero-stage-4"),
         pytest.param(stage_config(execution={"zeroStage": 3, "checkpointEvery": 1, "gradientCheckpointing": False,
-                                             "reference": "frozen"}), "config.execution.reference", id="unknown-reference"),
+                                             "precision": "auto", "reference": "frozen"}),
+                     "config.execution.reference", id="unknown-reference"),
+        pytest.param(stage_config(execution={"zeroStage": 3, "checkpointEvery": 1, "gradientCheckpointing": False,
+                                             "precision": "fp16"}), "config.execution.precision", id="unknown-precision"),
         pytest.param(stage_config(execution={"zeroStage": 3}), "config.execution.checkpointEvery", id="execution-incomplete"),
     ],
 )

@@ -156,11 +156,12 @@ def test_every_rerun_step_is_a_restart_with_the_next_attempt():
 
 @pytest.mark.parametrize("edit", [
     ("sft.zeroStage", 2), ("dpo.zeroStage", 0), ("sft.checkpointEvery", 50), ("dpo.gradientCheckpointing", True),
-    ("dpo.reference", "model"), ("placement.training.processesPerReplica", 4),
+    ("dpo.reference", "model"), ("sft.precision", "bf16"), ("dpo.precision", "fp32"),
+    ("placement.training.processesPerReplica", 4),
 ], ids=lambda edit: edit[0] if isinstance(edit, tuple) else None)
 def test_changing_how_training_runs_reruns_nothing_that_succeeded(edit):
     # The same model comes out: a ZeRO stage, checkpoints, recomputed activations or the
-    # reference's form change memory and time, not the result.
+    # reference's form or the arithmetic's precision change memory and time, not the result.
     assert planner.plan(defaulted_spec(edit), done_run(), ROOT) == Done()
 
 

@@ -13,7 +13,7 @@ SFT = defaulted_spec(("sft.batchSize", 16), ("sft.microBatchSize", 2))["sft"]
 
 
 def arguments(processes=1, tmp="/tmp/out", **execution):
-    given = {"zeroStage": 3, "checkpointEvery": 200, "gradientCheckpointing": False, **execution}
+    given = {"zeroStage": 3, "checkpointEvery": 200, "gradientCheckpointing": False, "precision": "auto", **execution}
     return training.training_arguments(SFT, ExecutionConfig.model_validate(given), 100, tmp, 7)
 
 
@@ -49,6 +49,26 @@ def test_checkpoints_and_gradient_checkpointing_follow_the_execution_options(pro
     given = arguments(checkpointEvery=25, gradientCheckpointing=True)
 
     assert (given["save_steps"], given["gradient_checkpointing"]) == (25, True)
+
+
+@pytest.mark.parametrize(("precision", "bf16"), [("auto", False), ("bf16", True), ("fp32", False)])
+def test_on_cpu_training_is_float32_unless_bf16_is_asked_for(processes, precision, bf16):
+    assert arguments(precision=precision)["bf16"] is bf16
+
+
+def test_a_cpu_model_is_loaded_in_float32_even_to_train_in_bf16(tiny_model):
+    import torch
+
+    execution = ExecutionConfig(zeroStage=0, checkpointEvery=1, gradientCheckpointing=False, precision="bf16")
+
+    assert training.load_model(tiny_model, 0.1, execution).dtype == torch.float32
+
+
+def test_bf16_under_zero_on_cpu_is_refused_saying_what_to_do(processes):
+    processes(2)
+
+    with pytest.raises(ConfigError, match="precision bf16 with zeroStage 3 on CPU.*zeroStage 0.*precision fp32"):
+        arguments(zeroStage=3, precision="bf16")
 
 
 def test_one_process_trains_without_deepspeed_whatever_the_zero_stage(processes):
@@ -93,7 +113,7 @@ def test_zero_without_deepspeed_installed_fails_saying_what_to_do(monkeypatch):
 def test_a_checkpoint_is_known_by_the_zero_stage_that_ran_and_the_process_count(processes, zero, count, layout):
     processes(count)
 
-    execution = ExecutionConfig(zeroStage=zero, checkpointEvery=1, gradientCheckpointing=False)
+    execution = ExecutionConfig(zeroStage=zero, checkpointEvery=1, gradientCheckpointing=False, precision="auto")
 
     assert training.checkpoint_layout(execution) == layout
 

@@ -47,8 +47,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 # `execution`, outside the fingerprint, so changing one (a ZeRO stage for memory, say) applies to
 # the next attempt without redoing the stage or anything made from it.
 EXECUTION_FIELDS: dict[str, tuple[str, ...]] = {
-    "sft": ("zeroStage", "checkpointEvery", "gradientCheckpointing"),
-    "dpo": ("zeroStage", "checkpointEvery", "gradientCheckpointing", "reference"),
+    "sft": ("zeroStage", "checkpointEvery", "gradientCheckpointing", "precision"),
+    "dpo": ("zeroStage", "checkpointEvery", "gradientCheckpointing", "precision", "reference"),
 }
 
 

@@ -59,6 +59,7 @@ class ExecutionConfig(_Strict):
     zero_stage: int = Field(alias="zeroStage", ge=0, le=3)
     checkpoint_every: int = Field(alias="checkpointEvery", ge=1)
     gradient_checkpointing: bool = Field(alias="gradientCheckpointing")
+    precision: Literal["auto", "bf16", "fp32"]
     reference: Literal["precomputed", "model"] | None = Field(None, description="dpo only")
 
 

@@ -51,7 +51,7 @@ def workdir(config: StageConfig) -> Path:
     return root / config.namespace / config.run / f"iter-{config.iteration:02d}-{config.stage.value}-{key}"
 
 
-def load_model(model_dir: Path, dropout: float):
+def load_model(model_dir: Path, dropout: float, execution: ExecutionConfig):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -59,8 +59,17 @@ def load_model(model_dir: Path, dropout: float):
     for name in DROPOUT_FIELDS:
         if hasattr(model_config, name):
             setattr(model_config, name, dropout)
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    # On CPU bf16 is autocast over float32 weights, which is also what gets saved: small updates
+    # (DPO at 1e-6) would round away in bfloat16 weights.
+    dtype = torch.bfloat16 if torch.cuda.is_available() and in_bf16(execution) else torch.float32
     return AutoModelForCausalLM.from_pretrained(model_dir, config=model_config, dtype=dtype)
+
+
+def in_bf16(execution: ExecutionConfig) -> bool:
+    """Whether training runs in bfloat16: asked for, or `auto` on a GPU."""
+    import torch
+
+    return execution.precision == "bf16" or (execution.precision == "auto" and torch.cuda.is_available())
 
 
 def training_arguments(section: dict[str, Any], execution: ExecutionConfig, examples: int, output_dir: Path,
@@ -107,7 +116,7 @@ def training_arguments(section: dict[str, Any], execution: ExecutionConfig, exam
         "ddp_timeout": COLLECTIVE_TIMEOUT_SECONDS,
         "report_to": [],
         "seed": seed,
-        "bf16": gpu,
+        "bf16": in_bf16(execution),
         "use_cpu": not gpu,
         "disable_tqdm": True,
         **scheduler,
@@ -115,6 +124,11 @@ def training_arguments(section: dict[str, Any], execution: ExecutionConfig, exam
     if not gpu and world_size() > 1:
         arguments["ddp_backend"] = "gloo"
     deepspeed = deepspeed_config(execution.zero_stage, world_size())
+    if deepspeed and not gpu and arguments["bf16"]:
+        raise ConfigError(
+            f"precision bf16 with zeroStage {execution.zero_stage} on CPU: DeepSpeed would train and save bfloat16 "
+            "weights there; set zeroStage 0 (plain data parallelism) or precision fp32"
+        )
     if deepspeed:
         arguments["deepspeed"] = deepspeed
     return arguments
@@ -238,7 +252,7 @@ def train(config: StageConfig, storage: Storage, model_dir_for, recipe: Recipe) 
     arguments = recipe.config_class(**training_arguments(section, execution, len(recipe.rows), scratch / "trainer",
                                                          config.random_seed), **recipe.options)
     trainer = recipe.trainer_class(
-        model=load_model(model_dir, section["dropout"]),
+        model=load_model(model_dir, section["dropout"], execution),
         args=arguments,
         train_dataset=Dataset.from_list(recipe.rows).shuffle(seed=config.random_seed),
         processing_class=tokenizer,
