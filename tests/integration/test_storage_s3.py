@@ -6,7 +6,11 @@ import json
 
 import pytest
 
-from selfreward.trainer.storage import ArtifactMissing, IntegrityError, ModelFolderError, Storage, StorageOptions
+from botocore.exceptions import ClientError
+
+from selfreward.trainer.storage import (
+    ArtifactMissing, IntegrityError, ModelFolderError, Storage, StorageOptions, sha256_file,
+)
 from tests.fixtures.s3 import s3_client
 
 pytestmark = pytest.mark.integration
@@ -55,6 +59,39 @@ def test_model_folder_uploads_and_downloads_by_manifest(s3, s3_bucket, tmp_path,
     copy = s3.local_folder(folder)
     assert (copy / "config.json").read_text() == "{}"
     assert (copy / "sub" / "weights.bin").read_bytes() == b"\x00" * 1024
+
+
+def test_a_sharded_model_moves_whole_with_every_file_at_once(s3, s3_bucket, tmp_path, monkeypatch):
+    # Several shards larger than one multipart part (8 MiB) go through one transfer manager.
+    monkeypatch.setenv("SELFREWARD_CACHE", str(tmp_path / "cache"))
+    local = tmp_path / "model"
+    local.mkdir()
+    shards = {f"model-0000{i}-of-00003.safetensors": bytes([i]) * (9 * 2**20 + i) for i in (1, 2, 3)}
+    for name, data in {"config.json": b"{}", "tokenizer.json": b"{}", **shards}.items():
+        (local / name).write_bytes(data)
+    folder = f"s3://{s3_bucket}/run/iter-01/model"
+
+    files = s3.upload_folder(local, folder)
+    s3.commit(folder, files)
+    copy = s3.local_folder(folder)
+
+    assert files == {name: sha256_file(local / name) for name in files}
+    assert all((copy / name).read_bytes() == data for name, data in shards.items())
+
+
+def test_a_committed_folder_missing_an_object_fails_its_download_and_is_not_cached(s3, s3_bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFREWARD_CACHE", str(tmp_path / "cache"))
+    local = tmp_path / "model"
+    local.mkdir()
+    for name in ("config.json", "tokenizer.json", "model.safetensors", "extra.bin"):
+        (local / name).write_bytes(b"{}")
+    folder = f"s3://{s3_bucket}/run/iter-01/model"
+    s3.commit(folder, s3.upload_folder(local, folder))
+    s3.s3.delete_object(Bucket=s3_bucket, Key="run/iter-01/model/extra.bin")
+
+    with pytest.raises(ClientError, match="404|Not Found"):
+        s3.local_folder(folder)
+    assert not list((tmp_path / "cache").rglob(".complete"))
 
 
 def upload_plain_model(client, bucket: str, prefix: str, files: dict[str, bytes]) -> str:

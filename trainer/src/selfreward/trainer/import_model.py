@@ -27,7 +27,7 @@ from pathlib import Path
 
 from selfreward.trainer import model_folder
 from selfreward.trainer.failures import PermanentFailure
-from selfreward.trainer.storage import Storage, StorageOptions, is_s3, sha256_file
+from selfreward.trainer.storage import Storage, StorageOptions, is_s3, sha256_files
 
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -105,7 +105,8 @@ def import_model(gguf: Path, target: str, dtype: str = "bfloat16", storage: Stor
             files = storage.upload_folder(folder, target)
             storage.commit(target, files, stage="import", model=facts)
         else:
-            files = {p.relative_to(folder).as_posix(): sha256_file(p) for p in folder.rglob("*") if p.is_file()}
+            paths = [p for p in folder.rglob("*") if p.is_file()]
+            files = dict(zip((p.relative_to(folder).as_posix() for p in paths), sha256_files(paths)))
             storage.commit(str(folder), files, stage="import", model=facts)
             if Path(target).exists():
                 Path(target).rmdir()  # empty, checked above

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +32,9 @@ from selfreward.trainer.nodelocal import exclusive
 MANIFEST = "_manifest.json"
 CACHE_ENV = "SELFREWARD_CACHE"
 HUB_SCHEME = "hf://"
+# Parts in flight at once for one folder's transfer, all its files sharing them (a model's
+# shards download side by side, each in 8 MiB parts); also the S3 client's connection pool.
+TRANSFER_CONCURRENCY = 16
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,12 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_files(paths: list[Path]) -> list[str]:
+    """sha256 of each file, several at once (hashlib releases the GIL on large reads)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1))) as pool:
+        return list(pool.map(sha256_file, paths))
 
 
 def sha256_json(value: Any) -> str:
@@ -138,9 +148,20 @@ class Storage:
                 "s3",
                 endpoint_url=self.options.endpoint or None,
                 region_name=self.options.region or None,
-                config=Config(s3={"addressing_style": style}, retries={"max_attempts": 5, "mode": "standard"}),
+                config=Config(s3={"addressing_style": style}, retries={"max_attempts": 5, "mode": "standard"},
+                              max_pool_connections=TRANSFER_CONCURRENCY),
             )
         return self._client
+
+    def _transfer_all(self, submit) -> None:
+        """Run `submit(manager)`'s transfers on one s3transfer manager, so every file of a
+        folder moves at once; raises the first transfer's error once all have ended."""
+        from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+        with create_transfer_manager(self.s3, TransferConfig(max_concurrency=TRANSFER_CONCURRENCY)) as manager:
+            futures = submit(manager)
+        for future in futures:
+            future.result()
 
     # ---- bytes -----------------------------------------------------------------------------
     def read_bytes(self, uri: str) -> bytes:
@@ -268,38 +289,45 @@ class Storage:
     # ---- folders: models and checkpoints -----------------------------------------------------
     def upload_folder(self, local: Path, folder: str) -> dict[str, str]:
         """Copy every file of `local` into `folder`; returns {relative name: sha256}."""
-        hashes: dict[str, str] = {}
-        for path in sorted(p for p in local.rglob("*") if p.is_file()):
-            name = path.relative_to(local).as_posix()
-            hashes[name] = sha256_file(path)
-            target = join(folder, name)
-            if is_s3(target):
-                bucket, key = _split_s3(target)
-                self.s3.upload_file(str(path), bucket, key)
-            elif Path(target).resolve() != path.resolve():
-                Path(target).parent.mkdir(parents=True, exist_ok=True)
+        paths = sorted(p for p in local.rglob("*") if p.is_file())
+        names = [path.relative_to(local).as_posix() for path in paths]
+        if is_s3(folder):
+            digests: list[str] = []
+
+            def upload_while_hashing(manager):
+                futures = [manager.upload(str(path), *_split_s3(join(folder, name))) for path, name in zip(paths, names)]
+                digests.extend(sha256_files(paths))
+                return futures
+            self._transfer_all(upload_while_hashing)
+            return dict(zip(names, digests))
+        for path, name in zip(paths, names):
+            target = Path(join(folder, name))
+            if target.resolve() != path.resolve():
+                target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target)
-        return hashes
+        return dict(zip(names, sha256_files(paths)))
 
     def download_committed(self, folder: str, target: Path) -> Path:
         """Copy a committed folder's files to `target`, each checked against its manifest."""
         manifest = self.read_manifest(folder)
         if manifest is None:
             raise ArtifactMissing(f"{folder} has no {MANIFEST}: it is not committed")
-        self._download(folder, list(manifest["files"]), target)
-        for name, digest in manifest["files"].items():
-            _verify(join(folder, name), digest, sha256_file(target / name))
+        names = list(manifest["files"])
+        self._download(folder, names, target)
+        for name, actual in zip(names, sha256_files([target / name for name in names])):
+            _verify(join(folder, name), manifest["files"][name], actual)
         return target
 
     def _download(self, folder: str, names: list[str], target: Path) -> None:
         for name in names:
-            destination = target / name
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            if is_s3(folder):
-                bucket, key = _split_s3(join(folder, name))
-                self.s3.download_file(bucket, key, str(destination))
-            else:
-                shutil.copyfile(join(folder, name), destination)
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+        if is_s3(folder):
+            self._transfer_all(lambda manager: [
+                manager.download(*_split_s3(join(folder, name)), str(target / name)) for name in names
+            ])
+            return
+        for name in names:
+            shutil.copyfile(join(folder, name), target / name)
 
     def inspect_model(self, uri: str) -> ModelListing:
         """The model folder at `uri` if it is a loadable Hugging Face folder; ModelFolderError if not."""
@@ -352,8 +380,9 @@ class Storage:
     def _fetch(self, uri: str, listing: ModelListing) -> Path:
         if not is_s3(uri):
             if listing.manifest is not None:
-                for name, digest in listing.manifest["files"].items():
-                    _verify(join(uri, name), digest, sha256_file(Path(uri) / name))
+                names = list(listing.manifest["files"])
+                for name, actual in zip(names, sha256_files([Path(uri) / name for name in names])):
+                    _verify(join(uri, name), listing.manifest["files"][name], actual)
             return Path(uri)
         cache = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "selfreward")) / "models" / listing.identity[:16]
         with exclusive(cache):  # the training processes of a node download it once
