@@ -1,0 +1,142 @@
+"""Model loading from S3: `Storage.local_folder` (what every stage does with an s3:// model)
+against s5cmd, on a model folder of several GB on MinIO over loopback.
+
+    .venv/bin/python bench/s3_model_loading.py [--shards 3 --shard-mib 1024 --repeats 3]
+
+MinIO and s5cmd are built from their Go modules (cached outside the repository, keyed by
+version, like the testbed's binaries). The folder is committed by `upload_folder` + `commit`
+(a manifest with every file's sha256), as stages commit models. Each download goes to a fresh
+folder; the figure is the median of the repeats. The project's side includes what it does
+beyond copying (listing, reading the manifest, verifying every file's sha256), reported apart.
+s5cmd runs with its defaults and with the project's concurrency (16 parts in flight, 8 MiB
+parts); the faster is the peer's figure.
+
+Writes bench/results/s3-model-loading.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+RESULT = REPO / "bench" / "results" / "s3-model-loading.json"
+S5CMD_VERSION = "v2.3.0"
+BUCKET = "bench"
+
+
+def s5cmd_binary() -> Path:
+    """s5cmd built from its Go module once, cached by version beside the testbed's binaries."""
+    cache = Path(os.environ.get("SELFREWARD_TESTBED_CACHE", Path.home() / ".cache" / "selfreward-testbed"))
+    folder = cache / f"s5cmd-{S5CMD_VERSION}"
+    if not (folder / ".complete").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["go", "install", "-trimpath", "-ldflags", "-s -w", f"github.com/peak/s5cmd/v2@{S5CMD_VERSION}"],
+                       check=True, env={**os.environ, "GOBIN": str(folder), "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"})
+        (folder / ".complete").touch()
+    return folder / "s5cmd"
+
+
+def make_model(folder: Path, shards: int, shard_mib: int) -> int:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
+    (folder / "tokenizer.json").write_text("{}")
+    index = {"metadata": {}, "weight_map": {}}
+    for number in range(1, shards + 1):
+        name = f"model-{number:05d}-of-{shards:05d}.safetensors"
+        with open(folder / name, "wb") as out:
+            for _ in range(shard_mib):
+                out.write(os.urandom(2**20))
+        index["weight_map"][f"layer.{number}.weight"] = name
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return sum(p.stat().st_size for p in folder.iterdir())
+
+
+def timed(action) -> float:
+    started = time.monotonic()
+    action()
+    return time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=3)
+    parser.add_argument("--shard-mib", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    from testbed.testbed import start_minio
+    from selfreward.trainer import storage as storage_module
+    from selfreward.trainer.storage import Storage, StorageOptions, sha256_files
+
+    s5cmd = s5cmd_binary()
+    with tempfile.TemporaryDirectory(prefix="s3bench-") as scratch:
+        scratch = Path(scratch)
+        server = start_minio(scratch / "state", die_with_parent=True)
+        try:
+            server.create_bucket(BUCKET)
+            os.environ.update(server.env())
+            storage = Storage(StorageOptions(endpoint=server.endpoint, region=server.region))
+            size = make_model(scratch / "model", args.shards, args.shard_mib)
+            uri = f"s3://{BUCKET}/models/m"
+            upload = timed(lambda: storage.commit(uri, storage.upload_folder(scratch / "model", uri)))
+            shutil.rmtree(scratch / "model")
+
+            def ours(n: int) -> float:
+                os.environ["SELFREWARD_CACHE"] = str(scratch / f"cache-{n}")
+                seconds = timed(lambda: Storage(storage.options).local_folder(uri))
+                shutil.rmtree(scratch / f"cache-{n}")
+                return seconds
+
+            def peer(n: int, flags: dict[str, list[str]]) -> float:
+                target = scratch / f"s5cmd-{n}"
+                seconds = timed(lambda: subprocess.run(
+                    [str(s5cmd), "--endpoint-url", server.endpoint, *flags["global"], "cp", *flags["cp"],
+                     f"{uri}/*", f"{target}/"],
+                    check=True, capture_output=True))
+                shutil.rmtree(target)
+                return seconds
+
+            def verify_only() -> float:
+                local = Storage(storage.options).download_committed(uri, scratch / "verify")
+                paths = [p for p in local.iterdir() if p.is_file()]
+                seconds = timed(lambda: sha256_files(paths))
+                shutil.rmtree(local)
+                return seconds
+
+            concurrency = str(storage_module.TRANSFER_CONCURRENCY)
+            matched = {"global": ["--numworkers", concurrency], "cp": ["--concurrency", concurrency, "--part-size", "8"]}
+            defaults = {"global": [], "cp": []}
+            runs = {"ours": [], "s5cmdDefaults": [], "s5cmdMatched": []}
+            for n in range(args.repeats):  # interleaved, so drift in the machine hits every side alike
+                runs["ours"].append(ours(n))
+                runs["s5cmdDefaults"].append(peer(n, defaults))
+                runs["s5cmdMatched"].append(peer(n, matched))
+            medians = {name: statistics.median(values) for name, values in runs.items()}
+            peer_best = min(medians["s5cmdDefaults"], medians["s5cmdMatched"])
+            result = {
+                "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, MinIO on loopback",
+                "folderBytes": size, "files": args.shards + 3, "uploadSeconds": round(upload, 2),
+                "seconds": {name: [round(v, 2) for v in values] for name, values in runs.items()},
+                "median": {name: round(v, 2) for name, v in medians.items()},
+                "MiBPerSecond": {name: round(size / 2**20 / v, 1) for name, v in medians.items()},
+                "verifySeconds": round(verify_only(), 2),
+                "oursVsS5cmd": round(peer_best / medians["ours"], 3),
+                "s5cmd": {"version": S5CMD_VERSION, "defaults": defaults, "matched": matched},
+            }
+        finally:
+            server.stop()
+    RESULT.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(result, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
