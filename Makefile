@@ -6,12 +6,13 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 RUN ?= examples/quickstart.yaml
 
-.PHONY: help setup quickstart smollm2 test test-unit testbed testbed-down testbed-build images chart clean
+.PHONY: help setup quickstart smollm2 bench test test-unit testbed testbed-down testbed-build images chart clean
 
 help:
 	@echo "make quickstart   install, then run examples/quickstart.yaml on this machine (CPU)"
 	@echo "make test         install, then run the whole test suite"
 	@echo "make smollm2      install, import SmolLM2-135M-Instruct, then run examples/smollm2.yaml (CPU)"
+	@echo "make bench        the side-by-side benchmarks against the peers (bench/README.md), one after another"
 	@echo "make testbed      start the test control plane on 127.0.0.1: eval \"\$$(make -s testbed)\""
 	@echo "make testbed-down stop it"
 	@echo "make chart        regenerate the Helm chart's CRD copy and values table"
@@ -43,6 +44,12 @@ $(SMOLLM2)/config.json: | .venv/.synced
 
 smollm2: setup $(SMOLLM2)/config.json
 	.venv/bin/selfreward run examples/smollm2.yaml
+
+# Each writes bench/results/<name>.json; one at a time, so no side shares the cores with another.
+bench: setup testbed-build $(SMOLLM2)/config.json
+	.venv/bin/python bench/inference_vs_peers.py
+	.venv/bin/python bench/s3_model_loading.py
+	.venv/bin/python bench/operator_orchestration.py --runs 30 --namespaces 3 --iterations 3
 
 # Build the testbed's binaries and the images before pytest starts (cached outside the repo).
 test: setup testbed-build images

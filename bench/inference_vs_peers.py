@@ -9,12 +9,14 @@ Every side does the same work: P prompts of the real-model seed, N candidates ea
 0.7, top-p 0.9, up to T tokens), then K judgements of every candidate with the project's judge
 prompt (same sampling). Output tokens are counted the same way for every side (the texts
 re-tokenized by the model's tokenizer). Each side is whole processes, imports and model load
-included; engine start is measured apart by a process that only starts the engine.
+included. Engine start (process start to a ready engine) is reported apart: raw vLLM and the HF
+loop time it in the process, the stage programs in a process that only opens their backend.
 
 The raw vLLM side is tuned over a small grid (executor, dtype, KV-cache size, prefix caching)
 and the fastest is kept, so the ratio shows the project's settings against the best this
-machine gives, not against a copy of themselves. Judge prefill: vLLM's prefix-cache counters of
-the judge pass with n=K (one request per candidate) against K requests of n=1.
+machine gives, not against a copy of themselves. Judge prefill: prompt tokens computed (prompt
+tokens less prefix-cache hits) in the judge pass with n=K and prefix caching, as the judge stage
+asks, against K requests of one sample with nothing shared.
 
 Writes bench/results/inference-vs-peers.json.
 """
@@ -46,8 +48,6 @@ from vllm import LLM, SamplingParams
 llm = LLM(model=work["model"], seed=0, enforce_eager=True, disable_log_stats=False, **work["engine"])
 ready = time.monotonic()
 out = {"engineStart": ready - started}
-if work.get("startOnly"):
-    print(json.dumps(out)); sys.exit(0)
 tokenizer = llm.get_tokenizer()
 def chat(texts):
     return [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
@@ -142,11 +142,9 @@ def side(name: str, seconds: float, start: float, candidates: list[str], judgeme
 
 
 def raw_vllm(work: Work, engine: dict, env: dict[str, str]) -> dict:
-    command = [sys.executable, "-c", RAW_VLLM]
-    seconds, out = timed(command + [work.payload(engine=engine)], env)
-    start, _ = timed(command + [work.payload(engine=engine, startOnly=True)], env)
+    seconds, out = timed([sys.executable, "-c", RAW_VLLM, work.payload(engine=engine)], env)
     candidates = [c for cs in out["candidates"] for c in cs]
-    result = side("raw vLLM", seconds, start, candidates, out["judgements"], work.model)
+    result = side("raw vLLM", seconds, out["engineStart"], candidates, out["judgements"], work.model)
     result.update({"engine": engine, "env": env, "judgePrefill": out["judgePrefill"]})
     return result
 
@@ -176,8 +174,8 @@ def stage_programs(work: Work) -> dict:
         seconds, _ = timed(command)
         judged = [row for shard in sorted(Path(steps[1].outputs["judgements"]).rglob("judgements.jsonl"))
                   for row in map(json.loads, shard.read_text().splitlines())]
-    start, _ = timed([sys.executable, "-c", "from selfreward.trainer.backends import open_backend; "
-                      f"open_backend({str(work.model)!r}, 0)"])
+    start, _ = timed([sys.executable, "-c", "from pathlib import Path; from selfreward.trainer.backends import open_backend; "
+                      f"open_backend(Path({str(work.model)!r}), 0)"])
     candidates = [c["text"] for row in judged for c in row["candidates"]]
     judgements = [j for row in judged for c in row["candidates"] for j in c["judgements"]]
     return side("stage programs", seconds, start, candidates, judgements, work.model)
@@ -190,8 +188,10 @@ def hf_loop(work: Work) -> dict:
 
 
 RAW_GRID = [  # (engine arguments, environment): the knobs the CPU build offers
-    ({"dtype": "auto", "enable_prefix_caching": True}, {}),
-    ({"dtype": "auto", "enable_prefix_caching": True}, {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}),
+    # The CPU build sizes its KV cache from VLLM_CPU_KVCACHE_SPACE (GiB); unset, it reserves 92% of
+    # the machine's memory and refuses to start when anything else holds memory.
+    ({"dtype": "auto", "enable_prefix_caching": True}, {"VLLM_CPU_KVCACHE_SPACE": "1"}),
+    ({"dtype": "auto", "enable_prefix_caching": True}, {"VLLM_CPU_KVCACHE_SPACE": "4"}),
     ({"dtype": "auto", "enable_prefix_caching": True}, {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "4"}),
     ({"dtype": "float32", "enable_prefix_caching": True}, {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "4"}),
 ]
@@ -199,10 +199,10 @@ RAW_GRID = [  # (engine arguments, environment): the knobs the CPU build offers
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--prompts", type=int, default=12)
     parser.add_argument("--candidates", type=int, default=4)
     parser.add_argument("--samples", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--models", nargs="+", default=["smollm2", "tiny"], choices=["smollm2", "tiny"])
     parser.add_argument("--skip-hf", action="store_true", help="leave out the Hugging Face loop (the slow side)")
     args = parser.parse_args()
@@ -212,7 +212,7 @@ def main() -> None:
         for name in args.models:
             model = SMOLLM2 if name == "smollm2" else make_tiny(Path(scratch) / "tiny")
             work = Work(model, prompts, args.candidates, args.samples, args.max_tokens)
-            case = {"model": name, "prompts": len(prompts), "candidates": args.candidates, "samples": args.samples,
+            case = {"model": name, "date": time.strftime("%Y-%m-%d"), "prompts": len(prompts), "candidates": args.candidates, "samples": args.samples,
                     "maxTokens": args.max_tokens, "stages": stage_programs(work)}
             grid = [raw_vllm(work, engine, env) for engine, env in RAW_GRID]
             case["rawGrid"] = grid
@@ -223,11 +223,18 @@ def main() -> None:
             case["ratios"] = ratios(case)
             results["cases"].append(case)
             print(json.dumps({k: v for k, v in case.items() if k != "rawGrid"}, indent=2), flush=True)
+    measured = {case["model"] for case in results["cases"]}
+    if RESULT.exists():  # keep the other model's case from an earlier run (--models measures one)
+        earlier = json.loads(RESULT.read_text())
+        results["cases"] = [c for c in earlier["cases"] if c["model"] not in measured] + results["cases"]
     RESULT.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 
 
 def raw_vllm_separate(work: Work, best: dict) -> dict:
-    command = [sys.executable, "-c", RAW_VLLM, work.payload(engine=best["engine"], separateJudgeRequests=True)]
+    """The judge pass as K requests of one sample each, with nothing shared between them (prefix
+    caching off), which is what a per-request loop prefills."""
+    engine = {**best["engine"], "enable_prefix_caching": False}
+    command = [sys.executable, "-c", RAW_VLLM, work.payload(engine=engine, separateJudgeRequests=True)]
     _, out = timed(command, best["env"])
     return out["judgePrefill"]
 
@@ -240,8 +247,8 @@ def ratios(case: dict) -> dict:
         found["stagesVsHfLoop"] = round(stages["tokensPerSecond"] / case["hf"]["tokensPerSecond"], 2)
     shared, separate = raw["judgePrefill"], case["separateJudgeRequests"]
 
-    def computed(c):
-        return c.get("prefix_cache_queries", 0) - c.get("prefix_cache_hits", 0)
+    def computed(c):  # prompt tokens the engine ran through the model
+        return c.get("prompt_tokens", 0) - c.get("prefix_cache_hits", 0)
     if computed(shared):
         found["judgePrefillSeparateVsShared"] = round(computed(separate) / computed(shared), 2)
     return found

@@ -8,7 +8,7 @@ version, like the testbed's binaries). The folder is committed by `upload_folder
 (a manifest with every file's sha256), as stages commit models. Each download goes to a fresh
 folder; the figure is the median of the repeats. The project's side includes what it does
 beyond copying (listing, reading the manifest, verifying every file's sha256), reported apart.
-s5cmd runs with its defaults and with the project's concurrency (16 parts in flight, 8 MiB
+s5cmd runs with its defaults and with the project's concurrency (16 parts in flight, 32 MiB
 parts); the faster is the peer's figure.
 
 Writes bench/results/s3-model-loading.json.
@@ -40,8 +40,15 @@ def s5cmd_binary() -> Path:
     folder = cache / f"s5cmd-{S5CMD_VERSION}"
     if not (folder / ".complete").exists():
         folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["go", "install", "-trimpath", "-ldflags", "-s -w", f"github.com/peak/s5cmd/v2@{S5CMD_VERSION}"],
-                       check=True, env={**os.environ, "GOBIN": str(folder), "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"})
+        go = os.environ.get("GO") or shutil.which("go") or "/usr/local/go/bin/go"  # as testbed/build.sh finds it
+        env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}
+        # `go install module@version` also reads the module's version list, which a proxy may refuse;
+        # downloading the exact version and building in its folder does not.
+        listing = subprocess.run([go, "mod", "download", "-json", f"github.com/peak/s5cmd/v2@{S5CMD_VERSION}"],
+                                 check=True, capture_output=True, text=True, env=env)
+        source = json.loads(listing.stdout)["Dir"]
+        subprocess.run([go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(folder / "s5cmd"), "."],
+                       check=True, cwd=source, env=env)
         (folder / ".complete").touch()
     return folder / "s5cmd"
 
@@ -62,6 +69,7 @@ def make_model(folder: Path, shards: int, shard_mib: int) -> int:
 
 
 def timed(action) -> float:
+    os.sync()  # the previous side's writes reach the disk before this side's clock starts
     started = time.monotonic()
     action()
     return time.monotonic() - started
@@ -113,7 +121,8 @@ def main() -> None:
                 return seconds
 
             concurrency = str(storage_module.TRANSFER_CONCURRENCY)
-            matched = {"global": ["--numworkers", concurrency], "cp": ["--concurrency", concurrency, "--part-size", "8"]}
+            part_mib = str(storage_module.TRANSFER_PART_BYTES // 2**20)
+            matched = {"global": ["--numworkers", concurrency], "cp": ["--concurrency", concurrency, "--part-size", part_mib]}
             defaults = {"global": [], "cp": []}
             runs = {"ours": [], "s5cmdDefaults": [], "s5cmdMatched": []}
             for n in range(args.repeats):  # interleaved, so drift in the machine hits every side alike

@@ -47,7 +47,13 @@ class VllmBackend(ChatTokenizer):
         from vllm import LLM
 
         on_gpu = torch.cuda.is_available()
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if not on_gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; unset, the CPU build takes 92% of memory
+            if processes == 1:
+                # The engine in this process: the default engine-core and worker processes each
+                # import vLLM again (43 s vs 16 s to start on 2 cores) and pay a round trip per
+                # decoding step (half the tokens/s of a tiny model). bench/README.md, issue 12.
+                os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         arguments = {
             "model": str(model_dir),
             "seed": seed,
