@@ -212,8 +212,9 @@ def main() -> None:
         for name in args.models:
             model = SMOLLM2 if name == "smollm2" else make_tiny(Path(scratch) / "tiny")
             work = Work(model, prompts, args.candidates, args.samples, args.max_tokens)
-            case = {"model": name, "date": time.strftime("%Y-%m-%d"), "prompts": len(prompts), "candidates": args.candidates, "samples": args.samples,
-                    "maxTokens": args.max_tokens, "stages": stage_programs(work)}
+            case = {"model": name, "date": time.strftime("%Y-%m-%d"), "prompts": len(prompts),
+                    "candidates": args.candidates, "samples": args.samples, "maxTokens": args.max_tokens,
+                    "stages": stage_programs(work)}
             grid = [raw_vllm(work, engine, env) for engine, env in RAW_GRID]
             case["rawGrid"] = grid
             case["raw"] = max(grid, key=lambda r: r["tokensPerSecond"])
