@@ -15,8 +15,8 @@ loop time it in the process, the stage programs in a process that only opens the
 The raw vLLM side is tuned over a small grid (executor, dtype, KV-cache size, prefix caching)
 and the fastest is kept, so the ratio shows the project's settings against the best this
 machine gives, not against a copy of themselves. Judge prefill: prompt tokens computed (prompt
-tokens less prefix-cache hits) in the judge pass with n=K and prefix caching, as the judge stage
-asks, against K requests of one sample with nothing shared.
+tokens less prefix-cache hits) in the judge pass through the stages' backend, and through plain
+vLLM with n=K and prefix caching, against K requests of one sample with nothing shared.
 
 Writes bench/results/inference-vs-peers.json.
 """
@@ -73,6 +73,31 @@ after = counters()
 out.update({"candidates": candidates, "judgements": [c.text for o in judged for c in o.outputs],
             "judgePrefill": {k: after.get(k, 0) - before.get(k, 0) for k in after}})
 print(json.dumps(out))
+'''
+
+STAGE_JUDGE_PREFILL = r'''
+import json, os, sys
+from pathlib import Path
+work = json.loads(sys.argv[1])
+os.environ["SELFREWARD_VLLM_ARGS"] = json.dumps({**json.loads(os.environ.get("SELFREWARD_VLLM_ARGS", "{}")),
+                                                "disable_log_stats": False})
+from selfreward.trainer.backends import Sampling, open_backend
+backend = open_backend(Path(work["model"]), 0)
+def sampling(n):
+    return Sampling(n=n, temperature=work["temperature"], top_p=work["topP"], max_tokens=work["maxTokens"], seed=0)
+def counters():
+    found = {}
+    for metric in backend.llm.get_metrics():
+        if metric.name in ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vllm:prompt_tokens"):
+            found[metric.name.split(":")[1]] = getattr(metric, "value", 0)
+    return found
+candidates = backend.generate(backend.render_chat(work["prompts"]), sampling(work["candidates"]))
+judge_prompts = backend.render_chat([work["judgeTemplate"].format(prompt=p, response=c.text)
+                                     for p, cs in zip(work["prompts"], candidates) for c in cs])
+before = counters()
+backend.generate(judge_prompts, sampling(work["samples"]))
+after = counters()
+print(json.dumps({"judgePrefill": {k: after.get(k, 0) - before.get(k, 0) for k in after}}))
 '''
 
 HF_LOOP = r'''
@@ -178,7 +203,10 @@ def stage_programs(work: Work) -> dict:
                       f"open_backend(Path({str(work.model)!r}), 0)"])
     candidates = [c["text"] for row in judged for c in row["candidates"]]
     judgements = [j for row in judged for c in row["candidates"] for j in c["judgements"]]
-    return side("stage programs", seconds, start, candidates, judgements, work.model)
+    result = side("stage programs", seconds, start, candidates, judgements, work.model)
+    _, out = timed([sys.executable, "-c", STAGE_JUDGE_PREFILL, work.payload()])
+    result["judgePrefill"] = out["judgePrefill"]  # the judge pass through the stages' backend, counted
+    return result
 
 
 def hf_loop(work: Work) -> dict:
@@ -246,12 +274,14 @@ def ratios(case: dict) -> dict:
              "stagesVsRawVllmAfterStart": round(stages["tokensPerSecondAfterStart"] / raw["tokensPerSecondAfterStart"], 3)}
     if "hf" in case:
         found["stagesVsHfLoop"] = round(stages["tokensPerSecond"] / case["hf"]["tokensPerSecond"], 2)
-    shared, separate = raw["judgePrefill"], case["separateJudgeRequests"]
+    separate = case["separateJudgeRequests"]
 
     def computed(c):  # prompt tokens the engine ran through the model
         return c.get("prompt_tokens", 0) - c.get("prefix_cache_hits", 0)
-    if computed(shared):
-        found["judgePrefillSeparateVsShared"] = round(computed(separate) / computed(shared), 2)
+    if computed(raw["judgePrefill"]):  # vLLM's own n=K with prefix caching
+        found["judgePrefillSeparateVsRawN"] = round(computed(separate) / computed(raw["judgePrefill"]), 2)
+    if computed(stages.get("judgePrefill", {})):  # the stages' backend: prefilled once, then n=K
+        found["judgePrefillSeparateVsStages"] = round(computed(separate) / computed(stages["judgePrefill"]), 2)
     return found
 
 

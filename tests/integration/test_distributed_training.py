@@ -57,7 +57,10 @@ def test_two_processes_train_the_same_model_as_one_for_the_same_global_batch(sft
     assert (one.summary["metrics"]["processes"], two.summary["metrics"]["processes"]) == (1, 2)
     assert one.summary["metrics"]["steps"] == two.summary["metrics"]["steps"] == 15
     assert largest_change(one, tiny_model) > 1e-3  # it trained
-    assert largest_difference(one, two) <= 1e-6 * max(1.0, largest_change(one, tiny_model))
+    # Not bit-equal: the sums run in another order (gloo's allreduce, half-batch matrix shapes), and
+    # Adam turns that rounding into visible steps for weights whose gradients are near zero: 0.1% of
+    # the change on a CPU with AMX, under 1e-6 on the machine before it.
+    assert largest_difference(one, two) <= 0.005 * largest_change(one, tiny_model)
 
 
 def test_zero3_over_two_processes_trains_the_same_model_within_tolerance(sft_runs, tiny_model):
