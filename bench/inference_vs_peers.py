@@ -40,7 +40,14 @@ SMOLLM2 = REPO / ".selfreward" / "models" / "smollm2-135m-instruct"
 SEED = REPO / "examples" / "seed" / "real-model"
 TEMPERATURE, TOP_P = 0.7, 0.9
 
-RAW_VLLM = r'''
+# Both vLLM scripts read the engine's prompt-token and prefix-cache counters the same way.
+PREFILL_COUNTERS = r'''
+def counters(llm):
+    names = ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vllm:prompt_tokens")
+    return {m.name.split(":")[1]: getattr(m, "value", 0) for m in llm.get_metrics() if m.name in names}
+'''
+
+RAW_VLLM = PREFILL_COUNTERS + r'''
 import json, os, sys, time
 started = time.monotonic()
 work = json.loads(sys.argv[1])
@@ -54,28 +61,22 @@ def chat(texts):
             for t in texts]
 def params(n):
     return SamplingParams(n=n, temperature=work["temperature"], top_p=work["topP"], max_tokens=work["maxTokens"])
-def counters():
-    found = {}
-    for metric in llm.get_metrics():
-        if metric.name in ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vllm:prompt_tokens"):
-            found[metric.name.split(":")[1]] = getattr(metric, "value", 0)
-    return found
 generated = llm.generate(chat(work["prompts"]), params(work["candidates"]), use_tqdm=False)
 candidates = [[c.text for c in o.outputs] for o in generated]
 judge_prompts = chat([work["judgeTemplate"].format(prompt=p, response=c)
                       for p, cs in zip(work["prompts"], candidates) for c in cs])
-before = counters()
+before = counters(llm)
 if work.get("separateJudgeRequests"):
     judged = llm.generate([p for p in judge_prompts for _ in range(work["samples"])], params(1), use_tqdm=False)
 else:
     judged = llm.generate(judge_prompts, params(work["samples"]), use_tqdm=False)
-after = counters()
+after = counters(llm)
 out.update({"candidates": candidates, "judgements": [c.text for o in judged for c in o.outputs],
             "judgePrefill": {k: after.get(k, 0) - before.get(k, 0) for k in after}})
 print(json.dumps(out))
 '''
 
-STAGE_JUDGE_PREFILL = r'''
+STAGE_JUDGE_PREFILL = PREFILL_COUNTERS + r'''
 import json, os, sys
 from pathlib import Path
 work = json.loads(sys.argv[1])
@@ -85,18 +86,12 @@ from selfreward.trainer.backends import Sampling, open_backend
 backend = open_backend(Path(work["model"]), 0)
 def sampling(n):
     return Sampling(n=n, temperature=work["temperature"], top_p=work["topP"], max_tokens=work["maxTokens"], seed=0)
-def counters():
-    found = {}
-    for metric in backend.llm.get_metrics():
-        if metric.name in ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vllm:prompt_tokens"):
-            found[metric.name.split(":")[1]] = getattr(metric, "value", 0)
-    return found
 candidates = backend.generate(backend.render_chat(work["prompts"]), sampling(work["candidates"]))
 judge_prompts = backend.render_chat([work["judgeTemplate"].format(prompt=p, response=c.text)
                                      for p, cs in zip(work["prompts"], candidates) for c in cs])
-before = counters()
+before = counters(backend.llm)
 backend.generate(judge_prompts, sampling(work["samples"]))
-after = counters()
+after = counters(backend.llm)
 print(json.dumps({"judgePrefill": {k: after.get(k, 0) - before.get(k, 0) for k in after}}))
 '''
 
@@ -282,7 +277,7 @@ def ratios(case: dict) -> dict:
         return c.get("prompt_tokens", 0) - c.get("prefix_cache_hits", 0)
     if computed(raw["judgePrefill"]):  # vLLM's own n=K with prefix caching
         found["judgePrefillSeparateVsRawN"] = round(computed(separate) / computed(raw["judgePrefill"]), 2)
-    if computed(stages.get("judgePrefill", {})):  # the stages' backend: prefilled once, then n=K
+    if computed(stages.get("judgePrefill", {})):  # the stages' backend: n=K, its CPU block size
         found["judgePrefillSeparateVsStages"] = round(computed(separate) / computed(stages["judgePrefill"]), 2)
     return found
 

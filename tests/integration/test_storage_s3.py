@@ -65,12 +65,12 @@ def test_model_folder_uploads_and_downloads_by_manifest(s3, s3_bucket, tmp_path,
 
 def test_a_sharded_model_moves_whole_with_every_file_at_once(s3, s3_bucket, tmp_path, monkeypatch):
     # Several shards of several parts each go through one transfer manager; the parts arrive in
-    # any order and each file's sha256 (taken while downloading) must still match its manifest.
-    monkeypatch.setattr(storage, "TRANSFER_PART_BYTES", 5 * 2**20)
+    # any order, and each file downloaded must still match the sha256 its manifest recorded.
     monkeypatch.setenv("SELFREWARD_CACHE", str(tmp_path / "cache"))
     local = tmp_path / "model"
     local.mkdir()
-    shards = {f"model-0000{i}-of-00003.safetensors": random.Random(i).randbytes(12 * 2**20 + i) for i in (1, 2, 3)}
+    size = storage.TRANSFER_PART_BYTES + 2**20  # two parts each
+    shards = {f"model-0000{i}-of-00003.safetensors": random.Random(i).randbytes(size + i) for i in (1, 2, 3)}
     for name, data in {"config.json": b"{}", "tokenizer.json": b"{}", **shards}.items():
         (local / name).write_bytes(data)
     folder = f"s3://{s3_bucket}/run/iter-01/model"

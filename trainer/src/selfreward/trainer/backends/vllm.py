@@ -47,13 +47,6 @@ class VllmBackend(ChatTokenizer):
         from vllm import LLM
 
         on_gpu = torch.cuda.is_available()
-        if not on_gpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; unset, the CPU build takes 92% of memory
-            if processes == 1:
-                # The engine in this process: the default engine-core and worker processes each
-                # import vLLM again (43 s vs 16 s to start on 2 cores) and pay a round trip per
-                # decoding step (half the tokens/s of a tiny model). bench/README.md, issue 12.
-                os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         arguments = {
             "model": str(model_dir),
             "seed": seed,
@@ -62,11 +55,17 @@ class VllmBackend(ChatTokenizer):
             "enforce_eager": not on_gpu,
             "dtype": "auto" if on_gpu else _cpu_dtype(model_dir),
         }
-        if not on_gpu:
+        if not on_gpu:  # settings measured in bench/README.md, issue 12
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; unset, the CPU build takes 92% of memory
+            if processes == 1:
+                # The engine in this process: the default engine-core and worker processes each
+                # import vLLM again (43 s vs 16 s to start on 2 cores) and pay a round trip per
+                # decoding step (half the tokens/s of a tiny model).
+                os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             # Prefix-cache hits come in whole KV blocks, and the CPU build's 128-token block loses
             # most of what a judge prompt's K samples and the rubric share: 32 computes half the
             # judge's prompt tokens (5.0x fewer than K separate requests instead of 2.5x) and
-            # decodes as fast. bench/README.md, issue 12.
+            # decodes as fast.
             arguments["block_size"] = 32
         arguments.update(json.loads(os.environ.get(EXTRA_ARGS_ENV, "{}")))
         self.llm = LLM(**arguments)
