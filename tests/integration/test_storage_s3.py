@@ -7,11 +7,9 @@ import random
 
 import pytest
 
-from botocore.exceptions import ClientError
-
 from selfreward.trainer import storage
 from selfreward.trainer.storage import (
-    ArtifactMissing, IntegrityError, ModelFolderError, Storage, StorageOptions, sha256_file,
+    ArtifactMissing, IntegrityError, ModelFolderError, ObjectChanged, Storage, StorageOptions, sha256_file,
 )
 from tests.fixtures.s3 import s3_client
 
@@ -93,7 +91,7 @@ def test_a_committed_folder_missing_an_object_fails_its_download_and_is_not_cach
     s3.commit(folder, s3.upload_folder(local, folder))
     s3.s3.delete_object(Bucket=s3_bucket, Key="run/iter-01/model/extra.bin")
 
-    with pytest.raises(ClientError, match="404|Not Found"):
+    with pytest.raises(ArtifactMissing, match="extra.bin: no such object"):
         s3.local_folder(folder)
     assert not list((tmp_path / "cache").rglob(".complete"))
 
@@ -167,6 +165,67 @@ def test_a_committed_model_whose_file_changed_is_refused(s3, s3_bucket, tmp_path
 
     with pytest.raises(IntegrityError, match="sha256"):
         s3.local_folder(folder)
+
+
+def committed_model(s3, bucket: str, tmp_path, files: dict[str, bytes] = MODEL_FILES) -> str:
+    local = tmp_path / "model"
+    local.mkdir()
+    for name, data in files.items():
+        (local / name).write_bytes(data)
+    folder = f"s3://{bucket}/run/iter-01/model"
+    s3.commit(folder, s3.upload_folder(local, folder))
+    return folder
+
+
+def put_in_parts(client, uri: str, data: bytes, part_bytes: int) -> None:
+    """Upload `data` as a multipart object, as another S3 tool with its own part size would."""
+    bucket, key = uri[len("s3://"):].split("/", 1)
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    parts = [{"PartNumber": number, "ETag": client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=number,
+                                                                Body=data[start:start + part_bytes])["ETag"]}
+             for number, start in enumerate(range(0, len(data), part_bytes), start=1)]
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
+
+
+def test_a_commit_on_s3_records_the_etag_of_each_file(s3, s3_bucket, tmp_path):
+    folder = committed_model(s3, s3_bucket, tmp_path)
+
+    listed = {name: version.split("/")[1] for name, version in s3._sizes(folder).items() if name != storage.MANIFEST}
+
+    assert s3.read_manifest(folder)["etags"] == listed
+
+
+def test_a_file_still_listed_with_its_committed_etag_is_not_hashed_again(s3, s3_bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFREWARD_CACHE", str(tmp_path / "cache"))
+    folder = committed_model(s3, s3_bucket, tmp_path)
+    manifest = s3.read_manifest(folder)
+    manifest["files"]["model.safetensors"] = "0" * 64  # a hash no download could match
+    s3.write_text(f"{folder}/{storage.MANIFEST}", json.dumps(manifest))
+
+    copy = s3.local_folder(folder)
+
+    assert (copy / "model.safetensors").read_bytes() == MODEL_FILES["model.safetensors"]
+
+
+def test_a_file_copied_again_in_other_parts_is_checked_by_its_sha256(s3, s3_server, s3_bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFREWARD_CACHE", str(tmp_path / "cache"))
+    weights = random.Random(7).randbytes(6 * 2**20)
+    folder = committed_model(s3, s3_bucket, tmp_path, {**MODEL_FILES, "model.safetensors": weights})
+    put_in_parts(s3_client(s3_server), f"{folder}/model.safetensors", weights, part_bytes=5 * 2**20)  # new ETag, same bytes
+
+    copy = s3.local_folder(folder)
+
+    assert (copy / "model.safetensors").read_bytes() == weights
+
+
+def test_an_object_replaced_after_listing_is_not_downloaded_as_a_mix(s3, s3_server, s3_bucket, tmp_path):
+    client = s3_client(s3_server)
+    uri = upload_plain_model(client, s3_bucket, "models/base", MODEL_FILES)
+    listed = s3._sizes(uri)["model.safetensors"]
+    upload_plain_model(client, s3_bucket, "models/base", {"model.safetensors": b"\x01" * 64})
+
+    with pytest.raises(ObjectChanged, match="model.safetensors was replaced"):
+        s3._get_objects([(f"{uri}/model.safetensors", listed, tmp_path / "model.safetensors")])
 
 
 def test_listing(s3, s3_bucket):
