@@ -3,6 +3,7 @@
 Storage is the real local filesystem under tmp_path.
 """
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,79 @@ def test_a_committed_model_leaves_no_checkpoints_even_when_an_earlier_attempt_di
 
     assert result.shards[0].skipped
     assert list((iteration / "checkpoints").rglob("*")) == []
+
+
+# --- uploading in the background ----------------------------------------------------------------
+
+
+def uploads(storage, root, scratch, node=0, nodes=1, commits=True, part_timeout=30.0):
+    return checkpoints.Uploads(storage, root, "sft", LAYOUT, scratch, node=node, nodes=nodes, commits=commits,
+                               part_timeout=part_timeout)
+
+
+def test_a_checkpoint_uploaded_in_the_background_is_committed_when_finished(storage, root, tmp_path):
+    background = uploads(storage, root, tmp_path / "uploading")
+
+    background.start(saved(tmp_path / "trainer"), 200)
+    error = background.finish()
+
+    assert error is None
+    manifest = storage.read_manifest(checkpoints.folder(root, 200))
+    assert manifest["files"] == {name: sha256_bytes(data) for name, data in FILES.items()}
+    assert not list((tmp_path / "uploading").iterdir())  # the upload's links are gone
+
+
+def test_the_trainer_may_delete_its_copy_while_the_upload_goes_on(storage, root, tmp_path):
+    background = uploads(storage, root, tmp_path / "uploading")
+    local = saved(tmp_path / "trainer")
+
+    background.start(local, 200)
+    shutil.rmtree(local)  # what the Trainer's rotation does when it saves the next checkpoint
+    background.finish()
+
+    assert checkpoints.latest(storage, root, FINGERPRINT, LAYOUT) == Committed(200, checkpoints.folder(root, 200))
+
+
+def test_a_failed_background_upload_is_reported_by_finish_and_commits_nothing(storage, tmp_path):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the checkpoints folder should be")
+    background = uploads(storage, str(blocked / "checkpoints"), tmp_path / "uploading")
+
+    background.start(saved(tmp_path / "trainer"), 200)
+
+    assert background.finish().startswith(("NotADirectoryError", "FileExistsError"))
+    assert background.finish() is not None  # still the last upload's outcome
+
+
+def test_two_nodes_parts_are_committed_together_by_the_first(storage, root, tmp_path):
+    first = uploads(storage, root, tmp_path / "node-0" / "uploading", node=0, nodes=2, commits=True)
+    second = uploads(storage, root, tmp_path / "node-1" / "uploading", node=1, nodes=2, commits=False)
+
+    first.start(saved(tmp_path / "node-0" / "trainer", {"zero_pp_rank_0.pt": b"0", "model.safetensors": b"w"}), 200)
+    second.start(saved(tmp_path / "node-1" / "trainer", {"zero_pp_rank_1.pt": b"1", "model.safetensors": b"w"}), 200)
+
+    assert (second.finish(), first.finish()) == (None, None)
+    files = storage.read_manifest(checkpoints.folder(root, 200))["files"]
+    assert sorted(files) == ["model.safetensors", "zero_pp_rank_0.pt", "zero_pp_rank_1.pt"]
+
+
+def test_a_node_whose_part_failed_stops_the_commit_naming_it(storage, root, tmp_path):
+    first = uploads(storage, root, tmp_path / "node-0" / "uploading", node=0, nodes=2, commits=True)
+    part = Path(checkpoints.folder(root, 200)) / checkpoints.PARTS / "node-1.json"
+    part.parent.mkdir(parents=True)
+    part.write_text('{"error": "OSError: no space left on device"}')  # what node 1's uploader leaves
+
+    first.start(saved(tmp_path / "node-0" / "trainer"), 200)
+
+    assert "node-1.json: OSError: no space left on device" in first.finish()
+    assert storage.read_manifest(checkpoints.folder(root, 200)) is None
+
+
+def test_a_node_that_never_uploads_its_part_times_the_commit_out(storage, root, tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoints, "PART_POLL_SECONDS", 0.01)
+    first = uploads(storage, root, tmp_path / "node-0" / "uploading", node=0, nodes=2, commits=True, part_timeout=0.1)
+
+    first.start(saved(tmp_path / "node-0" / "trainer"), 200)
+
+    assert "1 of 2 nodes uploaded their part" in first.finish()
+    assert storage.read_manifest(checkpoints.folder(root, 200)) is None

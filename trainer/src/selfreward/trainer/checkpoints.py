@@ -7,11 +7,21 @@ and world rank 0 writes the manifest last, listing every node's files, stamped w
 fingerprint, and removes older checkpoints of the stage. A new attempt, on this machine or in a
 pod on another node, resumes from the newest committed checkpoint with the same fingerprint; a
 checkpoint torn by a crash mid-upload has no manifest and is never chosen.
+
+Uploads run in the background (`Uploads`) while training goes on: only the local save stays on
+the training's critical path. With several nodes, each node's uploader leaves a marker with its
+files under `_parts/` when done, and world rank 0's uploader commits once every node's is there,
+without a collective outside the training's own thread.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +30,8 @@ from selfreward.trainer.progress import note
 from selfreward.trainer.stagekit import failpoint
 from selfreward.trainer.storage import MANIFEST, Storage, join
 
+PARTS = "_parts"
+PART_POLL_SECONDS = 2.0
 _CHECKPOINT = re.compile(r"/checkpoint-(\d+)/" + re.escape(MANIFEST) + "$")
 
 
@@ -94,3 +106,77 @@ def remove_all(storage: Storage, root: str, keep: str | None = None) -> None:
     for checkpoint in sorted(checkpoints):
         if checkpoint != keep:
             storage.delete_folder(checkpoint)
+
+
+class Uploads:
+    """This process's checkpoint uploads, in a background thread, one at a time.
+
+    `start` hard-links the saved checkpoint into `scratch` (the Trainer may delete its own copy
+    when it saves the next one) and uploads from there; `finish` waits for the upload and returns
+    its error, if any. Every process calls `finish` at the same points (before the next save, at
+    the end of training), so the training can tell all of them about a failure together.
+    """
+
+    def __init__(self, storage: Storage, root: str, stage: str, layout: dict[str, int], scratch: Path, *,
+                 node: int, nodes: int, commits: bool, part_timeout: float):
+        self.storage, self.root, self.stage, self.layout, self.scratch = storage, root, stage, layout, scratch
+        self.node, self.nodes, self.commits, self.part_timeout = node, nodes, commits, part_timeout
+        self._thread: threading.Thread | None = None
+        self._error: str | None = None
+        self.upload_seconds = 0.0  # spent uploading and committing, in the background
+        self.wait_seconds = 0.0  # the training's own time on checkpoints past the save: links, waits
+
+    def start(self, local: Path, step: int) -> None:
+        if self._thread is not None:
+            raise RuntimeError("checkpoint upload started while another is in flight: call finish first")
+        started = time.monotonic()
+        links = self.scratch / f"checkpoint-{step}"
+        shutil.rmtree(links, ignore_errors=True)
+        shutil.copytree(local, links, copy_function=os.link)
+        self._error = None
+        self._thread = threading.Thread(target=self._upload, args=(links, step), name=f"checkpoint-{step}", daemon=True)
+        self._thread.start()
+        self.wait_seconds += time.monotonic() - started
+
+    def finish(self) -> str | None:
+        if self._thread is not None:
+            started = time.monotonic()
+            self._thread.join()
+            self._thread = None
+            self.wait_seconds += time.monotonic() - started
+        return self._error
+
+    def _upload(self, links: Path, step: int) -> None:
+        marker = join(folder(self.root, step), PARTS, f"node-{self.node}.json")
+        started = time.monotonic()
+        try:
+            files = upload(self.storage, self.root, links, step)
+            if self.nodes > 1:
+                self.storage.write_text(marker, json.dumps({"files": files}))
+            if self.commits:
+                parts = [files] if self.nodes == 1 else self._every_part(step)
+                commit(self.storage, self.root, parts, step, self.stage, self.layout)
+        except Exception as error:  # reported by finish(), in the training's own thread
+            self._error = f"{type(error).__name__}: {error}"
+            if self.nodes > 1 and not self.commits:
+                self.storage.write_text(marker, json.dumps({"error": self._error}))
+        finally:
+            shutil.rmtree(links, ignore_errors=True)
+            self.upload_seconds += time.monotonic() - started
+
+    def _every_part(self, step: int) -> list[dict[str, str]]:
+        """Every node's files of checkpoint `step`, once each node's marker is there."""
+        parts = join(folder(self.root, step), PARTS)
+        deadline = time.monotonic() + self.part_timeout
+        while True:
+            markers = sorted(self.storage.list(parts))
+            found = [json.loads(self.storage.read_text(uri)) for uri in markers]
+            failed = [f"{uri.rsplit('/', 1)[1]}: {part['error']}" for uri, part in zip(markers, found) if "error" in part]
+            if failed:
+                raise RuntimeError(f"checkpoint {step}: a node could not upload its part ({failed[0]})")
+            if len(found) >= self.nodes:
+                return [part["files"] for part in found]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"checkpoint {step}: {len(found)} of {self.nodes} nodes uploaded their part "
+                                   f"within {self.part_timeout:.0f} s")
+            time.sleep(PART_POLL_SECONDS)

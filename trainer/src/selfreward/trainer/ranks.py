@@ -17,3 +17,16 @@ def world_size() -> int:
 def local_rank() -> int:
     """Rank among the processes on this node (this pod)."""
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def local_world_size() -> int:
+    """Processes on this node (this pod)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def node_count() -> int:
+    return max(1, world_size() // local_world_size())
+
+
+def node_rank() -> int:
+    return world_rank() // local_world_size()

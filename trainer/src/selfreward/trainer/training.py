@@ -21,7 +21,7 @@ from typing import Any, Callable
 from selfreward.trainer import checkpoints, nodelocal
 from selfreward.trainer.contract import ConfigError, ExecutionConfig, StageConfig
 from selfreward.trainer.failures import PermanentFailure
-from selfreward.trainer.ranks import local_rank, world_rank, world_size
+from selfreward.trainer.ranks import local_rank, node_count, node_rank, world_rank, world_size
 from selfreward.trainer.progress import Progress
 from selfreward.trainer.stagekit import StageResult, run_single
 from selfreward.trainer.storage import Storage, is_s3
@@ -251,13 +251,13 @@ def train(config: StageConfig, storage: Storage, model_dir_for, recipe: Recipe) 
     # processes, instead of whole in each of them.
     arguments = recipe.config_class(**training_arguments(section, execution, len(recipe.rows), scratch / "trainer",
                                                          config.random_seed), **recipe.options)
+    committing = commit_checkpoints_callback(storage, checkpoint_root, config.stage.value, layout, scratch / "uploading")
     trainer = recipe.trainer_class(
         model=load_model(model_dir, section["dropout"], execution),
         args=arguments,
         train_dataset=Dataset.from_list(recipe.rows).shuffle(seed=config.random_seed),
         processing_class=tokenizer,
-        callbacks=[progress_callback(config.stage.value),
-                   commit_checkpoints_callback(storage, checkpoint_root, config.stage.value, layout)],
+        callbacks=[progress_callback(config.stage.value), committing],
         **options,
     )
     result = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
@@ -270,6 +270,7 @@ def train(config: StageConfig, storage: Storage, model_dir_for, recipe: Recipe) 
         "zeroStage": layout["zeroStage"],
         "trainLoss": float(result.training_loss),
         "trainSeconds": round(float(result.metrics.get("train_runtime", 0.0)), 2),
+        **committing.metrics(),
         **final_logs(trainer.state.log_history, recipe.logs),
     }
     commit_model(trainer, tokenizer, storage, config, metrics, model_dir, lora=section.get("lora") is not None)
@@ -297,35 +298,45 @@ def progress_callback(stage: str):
     return ReportProgress()
 
 
-def commit_checkpoints_callback(storage: Storage, root: str, stage: str, layout: dict[str, int]):
-    """After each save, one process per node uploads the node's files of the checkpoint, and world
-    rank 0 commits it. The last step saves none: the model itself is committed right after, and
-    its optimizer state would be of no use."""
+def commit_checkpoints_callback(storage: Storage, root: str, stage: str, layout: dict[str, int], scratch: Path):
+    """After each save, one process per node uploads the node's files of the checkpoint in the
+    background while training goes on, and world rank 0 commits it. Every process waits for the
+    previous upload before the next save and at the end of training, and all of them fail if
+    any node's upload failed. The last step saves none: the model itself is committed right
+    after, and its optimizer state would be of no use."""
     from transformers import TrainerCallback
 
+    uploads = checkpoints.Uploads(storage, root, stage, layout, scratch, node=node_rank(), nodes=node_count(),
+                                  commits=world_rank() == 0, part_timeout=COLLECTIVE_TIMEOUT_SECONDS)
+
+    def finish_everywhere() -> None:
+        failed = [error for error in gather_everywhere(uploads.finish()) if error]
+        if failed:
+            raise CheckpointUploadFailed(f"uploading a checkpoint: {failed[0]}")
+
     class CommitCheckpoints(TrainerCallback):
+        def metrics(self) -> dict[str, float]:
+            """This node's checkpoint uploads: their time in the background, and the training's
+            time on them past the saves (links, and waiting for an upload before the next save)."""
+            return {"checkpointUploadSeconds": round(uploads.upload_seconds, 2),
+                    "checkpointWaitSeconds": round(uploads.wait_seconds, 2)}
+
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step >= state.max_steps:
                 control.should_save = False
             return control
 
         def on_save(self, args, state, control, **kwargs):
+            finish_everywhere()
             local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             barrier()  # every process has written its part (its ZeRO shards, its RNG state)
-            uploaded: dict[str, Any] = {"files": {}}
             if local_rank() == 0:
-                try:
-                    uploaded["files"] = checkpoints.upload(storage, root, local, state.global_step)
-                except Exception as error:  # told to every process below, so that all of them fail
-                    uploaded = {"error": f"{type(error).__name__}: {error}"}
+                uploads.start(local, state.global_step)
                 if world_rank() != 0:  # the Trainer rotates only the main process's local copies
                     shutil.rmtree(local, ignore_errors=True)
-            parts = gather_everywhere(uploaded)
-            failed = [part["error"] for part in parts if "error" in part]
-            if failed:
-                raise CheckpointUploadFailed(f"uploading checkpoint {state.global_step}: {failed[0]}")
-            if state.is_world_process_zero:
-                checkpoints.commit(storage, root, [part["files"] for part in parts], state.global_step, stage, layout)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            finish_everywhere()
 
     return CommitCheckpoints()
 
