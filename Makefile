@@ -48,7 +48,8 @@ smollm2: setup $(SMOLLM2)/config.json
 # Each writes bench/results/<name>.json; one at a time, so no side shares the cores with another.
 bench: setup testbed-build $(SMOLLM2)/config.json
 	.venv/bin/python bench/inference_vs_peers.py
-	.venv/bin/python bench/s3_model_loading.py
+	.venv/bin/python bench/s3_model_loading.py --repeats 5
+	.venv/bin/python bench/checkpoint_uploads.py
 	.venv/bin/python bench/operator_orchestration.py --runs 30 --namespaces 3 --iterations 3
 
 # Build the testbed's binaries and the images before pytest starts (cached outside the repo).
