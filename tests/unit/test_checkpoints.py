@@ -291,3 +291,29 @@ def test_a_node_that_never_uploads_its_part_times_the_commit_out(storage, root, 
 
     assert "1 of 2 nodes uploaded their part" in first.finish()
     assert storage.read_manifest(checkpoints.folder(root, 200)) is None
+
+
+def test_markers_an_earlier_attempt_left_are_cleared_before_the_nodes_upload(storage, root, tmp_path):
+    stale = Path(checkpoints.folder(root, 200)) / checkpoints.PARTS / "node-1.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"files": {"zero_pp_rank_1.pt": "hash-of-the-earlier-attempt"}}')
+    first = uploads(storage, root, tmp_path / "node-0" / "uploading", node=0, nodes=2, commits=True)
+    second = uploads(storage, root, tmp_path / "node-1" / "uploading", node=1, nodes=2, commits=False)
+
+    first.clear(200)  # world rank 0, before the barrier after which every node uploads
+    first.start(saved(tmp_path / "node-0" / "trainer", {"zero_pp_rank_0.pt": b"0"}), 200)
+    second.start(saved(tmp_path / "node-1" / "trainer", {"zero_pp_rank_1.pt": b"1"}), 200)
+
+    assert (second.finish(), first.finish()) == (None, None)
+    files = storage.read_manifest(checkpoints.folder(root, 200))["files"]
+    assert files == {"zero_pp_rank_0.pt": sha256_bytes(b"0"), "zero_pp_rank_1.pt": sha256_bytes(b"1")}
+
+
+def test_a_checkpoint_that_cannot_be_linked_aside_is_reported_by_finish_not_raised(storage, root, tmp_path):
+    background = uploads(storage, root, tmp_path / "uploading", node=1, nodes=2, commits=False)
+
+    background.start(tmp_path / "no-such-checkpoint", 200)  # as if the save had left nothing
+
+    assert background.finish().startswith("FileNotFoundError: linking checkpoint 200 aside")
+    marker = Path(checkpoints.folder(root, 200)) / checkpoints.PARTS / "node-1.json"
+    assert "linking checkpoint 200 aside" in marker.read_text()  # world rank 0 stops waiting for it

@@ -123,17 +123,38 @@ class Uploads:
         self.node, self.nodes, self.commits, self.part_timeout = node, nodes, commits, part_timeout
         self._thread: threading.Thread | None = None
         self._error: str | None = None
+        self._cleared: str | None = None  # why clearing the checkpoint's folder failed, if it did
         self.upload_seconds = 0.0  # spent uploading and committing, in the background
         self.wait_seconds = 0.0  # the training's own time on checkpoints past the save: links, waits
 
+    def clear(self, step: int) -> None:
+        """Remove what an earlier attempt left of checkpoint `step` (a torn upload, its nodes'
+        markers), so that only this attempt's parts are committed. World rank 0 calls it before
+        the barrier after which the nodes upload."""
+        if self.commits:
+            try:
+                self.storage.delete_folder(folder(self.root, step))
+            except Exception as error:  # reported by finish() through start(), like an upload's
+                self._cleared = f"{type(error).__name__}: clearing checkpoint {step} before its upload: {error}"
+
     def start(self, local: Path, step: int) -> None:
+        """Upload `local` in the background. Never raises: an error here is reported by
+        `finish`, as an upload's is, so that every process learns of it at the same point."""
         if self._thread is not None:
             raise RuntimeError("checkpoint upload started while another is in flight: call finish first")
         started = time.monotonic()
         links = self.scratch / f"checkpoint-{step}"
-        shutil.rmtree(links, ignore_errors=True)
-        shutil.copytree(local, links, copy_function=os.link)
-        self._error = None
+        self._error, self._cleared = self._cleared, None
+        if self._error:
+            return
+        try:
+            shutil.rmtree(links, ignore_errors=True)
+            shutil.copytree(local, links, copy_function=os.link)
+        except OSError as error:
+            self._error = f"{type(error).__name__}: linking checkpoint {step} aside for its upload: {error}"
+            shutil.rmtree(links, ignore_errors=True)
+            self._tell_the_committer(step)
+            return
         self._thread = threading.Thread(target=self._upload, args=(links, step), name=f"checkpoint-{step}", daemon=True)
         self._thread.start()
         self.wait_seconds += time.monotonic() - started
@@ -147,22 +168,30 @@ class Uploads:
         return self._error
 
     def _upload(self, links: Path, step: int) -> None:
-        marker = join(folder(self.root, step), PARTS, f"node-{self.node}.json")
         started = time.monotonic()
         try:
             files = upload(self.storage, self.root, links, step)
             if self.nodes > 1:
-                self.storage.write_text(marker, json.dumps({"files": files}))
+                self.storage.write_text(join(folder(self.root, step), PARTS, f"node-{self.node}.json"),
+                                        json.dumps({"files": files}))
             if self.commits:
                 parts = [files] if self.nodes == 1 else self._every_part(step)
                 commit(self.storage, self.root, parts, step, self.stage, self.layout)
         except Exception as error:  # reported by finish(), in the training's own thread
             self._error = f"{type(error).__name__}: {error}"
-            if self.nodes > 1 and not self.commits:
-                self.storage.write_text(marker, json.dumps({"error": self._error}))
+            self._tell_the_committer(step)
         finally:
             shutil.rmtree(links, ignore_errors=True)
             self.upload_seconds += time.monotonic() - started
+
+    def _tell_the_committer(self, step: int) -> None:
+        """Leave this node's error as its marker, so that world rank 0 stops waiting for its part."""
+        if self.nodes > 1 and not self.commits:
+            try:
+                self.storage.write_text(join(folder(self.root, step), PARTS, f"node-{self.node}.json"),
+                                        json.dumps({"error": self._error}))
+            except Exception:  # storage itself is failing: world rank 0 waits out part_timeout
+                pass
 
     def _every_part(self, step: int) -> list[dict[str, str]]:
         """Every node's files of checkpoint `step`, once each node's marker is there."""

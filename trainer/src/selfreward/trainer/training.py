@@ -329,7 +329,8 @@ def commit_checkpoints_callback(storage: Storage, root: str, stage: str, layout:
         def on_save(self, args, state, control, **kwargs):
             finish_everywhere()
             local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            barrier()  # every process has written its part (its ZeRO shards, its RNG state)
+            uploads.clear(state.global_step)
+            barrier()  # every process has written its part (its ZeRO shards, its RNG state); nothing stale is left
             if local_rank() == 0:
                 uploads.start(local, state.global_step)
                 if world_rank() != 0:  # the Trainer rotates only the main process's local copies
