@@ -153,20 +153,6 @@ def test_a_half_uploaded_model_is_refused_naming_the_missing_shard(s3, s3_server
         s3.inspect_model(uri)
 
 
-def test_a_committed_model_whose_file_changed_is_refused(s3, s3_bucket, tmp_path, monkeypatch):
-    monkeypatch.setenv("SELFREWARD_CACHE", str(tmp_path / "cache"))
-    local = tmp_path / "model"
-    local.mkdir()
-    for name, data in MODEL_FILES.items():
-        (local / name).write_bytes(data)
-    folder = f"s3://{s3_bucket}/run/iter-01/model"
-    s3.commit(folder, s3.upload_folder(local, folder))
-    s3.write_bytes(f"{folder}/model.safetensors", b"tampered")
-
-    with pytest.raises(IntegrityError, match="sha256"):
-        s3.local_folder(folder)
-
-
 def committed_model(s3, bucket: str, tmp_path, files: dict[str, bytes] = MODEL_FILES) -> str:
     local = tmp_path / "model"
     local.mkdir()
@@ -175,6 +161,15 @@ def committed_model(s3, bucket: str, tmp_path, files: dict[str, bytes] = MODEL_F
     folder = f"s3://{bucket}/run/iter-01/model"
     s3.commit(folder, s3.upload_folder(local, folder))
     return folder
+
+
+def test_a_committed_model_whose_file_changed_is_refused(s3, s3_bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFREWARD_CACHE", str(tmp_path / "cache"))
+    folder = committed_model(s3, s3_bucket, tmp_path)
+    s3.write_bytes(f"{folder}/model.safetensors", b"tampered")
+
+    with pytest.raises(IntegrityError, match="sha256"):
+        s3.local_folder(folder)
 
 
 def put_in_parts(client, uri: str, data: bytes, part_bytes: int) -> None:
